@@ -1,0 +1,172 @@
+//! The application: its shared state, built once at start-up, and the server
+//! loop with graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+/// Why the service could not start (exit code 1; bad configuration is
+/// reported earlier, with exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[cfg(feature = "lua")]
+    #[error(transparent)]
+    Lua(#[from] crate::lua::LoadError),
+    #[cfg(feature = "users")]
+    #[error(transparent)]
+    Database(#[from] crate::db::DbError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Everything handlers share, built once and passed by `State`.
+pub struct Shared {
+    pub config: Config,
+    pub metrics: PrometheusHandle,
+    draining: AtomicBool,
+    #[cfg(feature = "ip")]
+    pub ip: crate::upstream::IpService,
+    #[cfg(feature = "lua")]
+    pub lua: crate::lua::LuaEngine,
+    #[cfg(feature = "users")]
+    pub db: crate::db::Db,
+}
+
+/// Cheap to clone: one reference count per request.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Whether shutdown has begun (readiness answers 503 from then on).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    fn begin_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Options of `serve` that are not configuration of the service itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    /// Skip applying pending migrations at start-up.
+    pub no_migrate: bool,
+}
+
+/// A built application, bound to its port, ready to run.
+pub struct App {
+    state: AppState,
+    listener: TcpListener,
+}
+
+impl App {
+    /// Builds the state (database, scripts, upstream client) and binds the
+    /// listener. Port 0 picks a free port: see [`App::local_addr`].
+    pub async fn build(config: Config, options: ServeOptions) -> Result<App, StartupError> {
+        let metrics = crate::telemetry::metrics();
+        #[cfg(feature = "ip")]
+        let ip = crate::upstream::IpService::new(&config).map_err(StartupError::Other)?;
+        #[cfg(feature = "lua")]
+        let lua = crate::lua::LuaEngine::start(&config)?;
+        #[cfg(feature = "users")]
+        let db = crate::db::Db::connect(&config.database_url, !options.no_migrate).await?;
+        #[cfg(not(feature = "users"))]
+        let _ = options;
+
+        let addr = SocketAddr::new(config.bind, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let state = AppState(Arc::new(Shared {
+            config,
+            metrics,
+            draining: AtomicBool::new(false),
+            #[cfg(feature = "ip")]
+            ip,
+            #[cfg(feature = "lua")]
+            lua,
+            #[cfg(feature = "users")]
+            db,
+        }));
+        Ok(App { state, listener })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, marks
+    /// readiness down and gives in-flight requests the grace period to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let App { state, listener } = self;
+        let router = crate::http::router(state.clone());
+        let grace = state.config.shutdown_grace;
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            version = crate::build::VERSION,
+            "skiff listening"
+        );
+
+        let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
+        let draining = state.clone();
+        let signal = async move {
+            shutdown.await;
+            draining.begin_draining();
+            tracing::info!(grace = ?grace, "shutdown begun: finishing in-flight requests");
+            let _ = began_tx.send(());
+        };
+        let server = axum::serve(listener, router).with_graceful_shutdown(signal);
+        let deadline = async move {
+            if began_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = server => result?,
+            () = deadline => tracing::warn!("grace period over: dropping the connections still open"),
+        }
+        #[cfg(feature = "users")]
+        state.db.close().await;
+        tracing::info!("skiff stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
+    let mut int = signal(SignalKind::interrupt()).expect("can listen for SIGINT");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,578 @@
+//! Configuration: command-line flags win over environment variables, which
+//! win over the defaults of `../shared/API.md`.
+//!
+//! Every value is parsed here, at the edge, into a typed [`Config`]; a bad
+//! value becomes a [`ConfigError`] naming the variable (or flag) and what it
+//! expected, which `main` prints on one line before exiting with code 2.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// A value given on the command line or in the environment that does not
+/// parse. `name` is the flag (`--port`) or the variable (`PORT`).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {name}={value:?}: expected {expected}")]
+pub struct ConfigError {
+    pub name: String,
+    pub value: String,
+    pub expected: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A password that never shows up in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// HTTP Basic credentials that guard `/users` when configured.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: Secret,
+}
+
+/// Everything the service reads at start-up, typed and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub port: u16,
+    pub bind: IpAddr,
+    pub database_url: String,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    pub request_timeout: Duration,
+    pub body_limit: usize,
+    pub shutdown_grace: Duration,
+    pub time_zone: jiff::tz::TimeZone,
+    /// The IANA name of `time_zone`, as configured.
+    pub time_zone_name: String,
+    pub ip_upstream: String,
+    pub ip_timeout: Duration,
+    pub ip_cache_ttl: Duration,
+    pub scripts_dir: PathBuf,
+    /// Whether `scripts_dir` was set explicitly (then it must exist).
+    pub scripts_dir_explicit: bool,
+    pub lua_memory: usize,
+    pub lua_timeout: Duration,
+    pub credentials: Option<Credentials>,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://skiff.db";
+pub const DEFAULT_TIME_ZONE: &str = "Asia/Tokyo";
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            port: 8080,
+            bind: IpAddr::from([0, 0, 0, 0]),
+            database_url: DEFAULT_DATABASE_URL.into(),
+            log_filter: "info".into(),
+            log_format: LogFormat::Text,
+            request_timeout: Duration::from_secs(10),
+            body_limit: 64 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            time_zone: jiff::tz::TimeZone::get(DEFAULT_TIME_ZONE)
+                .expect("the bundled tz database has Asia/Tokyo"),
+            time_zone_name: DEFAULT_TIME_ZONE.into(),
+            ip_upstream: "https://api.ipify.org".into(),
+            ip_timeout: Duration::from_secs(3),
+            ip_cache_ttl: Duration::from_secs(60),
+            scripts_dir: PathBuf::from("scripts"),
+            scripts_dir_explicit: false,
+            lua_memory: 16 * 1024 * 1024,
+            lua_timeout: Duration::from_millis(100),
+            credentials: None,
+        }
+    }
+}
+
+/// The configuration flags, shared by every subcommand. Each is optional: an
+/// absent flag falls back to its environment variable, then to the default.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigFlags {
+    /// TCP port to listen on [env: PORT or SKIFF_PORT] [default: 8080]
+    #[arg(long, global = true)]
+    pub port: Option<String>,
+    /// Address to bind [env: SKIFF_BIND] [default: 0.0.0.0]
+    #[arg(long, global = true)]
+    pub bind: Option<String>,
+    /// Database URL: sqlite://FILE, sqlite::memory: or postgres://… [env: DATABASE_URL]
+    #[arg(long, global = true)]
+    pub database_url: Option<String>,
+    /// Log filter, e.g. `info` or `skiff=debug` [env: SKIFF_LOG or RUST_LOG]
+    #[arg(long, global = true)]
+    pub log: Option<String>,
+    /// Log format: text or json [env: SKIFF_LOG_FORMAT]
+    #[arg(long, global = true)]
+    pub log_format: Option<String>,
+    /// Per-request timeout, e.g. 10s [env: SKIFF_REQUEST_TIMEOUT]
+    #[arg(long, global = true)]
+    pub request_timeout: Option<String>,
+    /// Request body limit, e.g. 64KiB [env: SKIFF_BODY_LIMIT]
+    #[arg(long, global = true)]
+    pub body_limit: Option<String>,
+    /// Time in-flight requests get after SIGTERM, e.g. 10s [env: SKIFF_SHUTDOWN_GRACE]
+    #[arg(long, global = true)]
+    pub shutdown_grace: Option<String>,
+    /// Default IANA time zone of /time [env: SKIFF_TIME_ZONE]
+    #[arg(long, global = true)]
+    pub time_zone: Option<String>,
+    /// Public-IP upstream URL (http or https) [env: SKIFF_IP_UPSTREAM]
+    #[arg(long, global = true)]
+    pub ip_upstream: Option<String>,
+    /// Upstream timeout of /ip [env: SKIFF_IP_TIMEOUT]
+    #[arg(long, global = true)]
+    pub ip_timeout: Option<String>,
+    /// How long a good /ip answer is cached [env: SKIFF_IP_CACHE_TTL]
+    #[arg(long, global = true)]
+    pub ip_cache_ttl: Option<String>,
+    /// Directory of Lua scripts served at /lua/{name} [env: SKIFF_SCRIPTS_DIR]
+    #[arg(long, global = true)]
+    pub scripts_dir: Option<String>,
+    /// Memory limit of one Lua run, e.g. 16MiB [env: SKIFF_LUA_MEMORY]
+    #[arg(long, global = true)]
+    pub lua_memory: Option<String>,
+    /// CPU time limit of one Lua run, e.g. 100ms [env: SKIFF_LUA_TIMEOUT]
+    #[arg(long, global = true)]
+    pub lua_timeout: Option<String>,
+}
+
+/// Where values come from: the flags, then a lookup of environment variables.
+/// Tests pass a map instead of the process environment.
+pub struct Sources<'a> {
+    pub flags: &'a ConfigFlags,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Sources<'_> {
+    /// The first value found among the flag and the variables, with the name
+    /// of where it came from (for error messages).
+    fn lookup(&self, flag: (&str, &Option<String>), vars: &[&str]) -> Option<(String, String)> {
+        if let Some(v) = flag.1 {
+            return Some((format!("--{}", flag.0), v.clone()));
+        }
+        vars.iter()
+            .find_map(|var| (self.env)(var).map(|v| (var.to_string(), v)))
+    }
+}
+
+fn parse_with<T>(
+    found: Option<(String, String)>,
+    default: T,
+    expected: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<T, ConfigError> {
+    match found {
+        None => Ok(default),
+        Some((source, value)) => parse(value.trim()).ok_or_else(|| ConfigError {
+            name: source,
+            value,
+            expected: expected.into(),
+        }),
+    }
+}
+
+impl Config {
+    /// Reads the configuration from flags and the process environment.
+    pub fn load(flags: &ConfigFlags) -> Result<Self, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok();
+        Self::from_sources(&Sources { flags, env: &env })
+    }
+
+    pub fn from_sources(src: &Sources<'_>) -> Result<Self, ConfigError> {
+        let d = Config::default();
+        let f = src.flags;
+        let duration = "a duration such as 250ms, 3s, 1m or 1h";
+        let size = "a size such as 65536, 64KiB or 16MiB";
+
+        let port = parse_with(
+            src.lookup(("port", &f.port), &["PORT", "SKIFF_PORT"]),
+            d.port,
+            "a TCP port number (0-65535)",
+            |v| v.parse().ok(),
+        )?;
+        let bind = parse_with(
+            src.lookup(("bind", &f.bind), &["SKIFF_BIND"]),
+            d.bind,
+            "an IP address such as 0.0.0.0 or 127.0.0.1",
+            |v| v.parse().ok(),
+        )?;
+        let database_url = parse_with(
+            src.lookup(("database-url", &f.database_url), &["DATABASE_URL"]),
+            d.database_url,
+            "a URL starting with sqlite: or postgres://",
+            |v| {
+                let ok = v.starts_with("sqlite:")
+                    || v.starts_with("postgres://")
+                    || v.starts_with("postgresql://");
+                ok.then(|| v.to_string())
+            },
+        )?;
+        let log_filter = parse_with(
+            src.lookup(("log", &f.log), &["SKIFF_LOG", "RUST_LOG"]),
+            d.log_filter,
+            "a log filter such as info, debug or skiff=debug,warn",
+            |v| {
+                tracing_subscriber::EnvFilter::builder()
+                    .parse(v)
+                    .ok()
+                    .map(|_| v.to_string())
+            },
+        )?;
+        let log_format = parse_with(
+            src.lookup(("log-format", &f.log_format), &["SKIFF_LOG_FORMAT"]),
+            d.log_format,
+            "text or json",
+            |v| match v.to_ascii_lowercase().as_str() {
+                "text" => Some(LogFormat::Text),
+                "json" => Some(LogFormat::Json),
+                _ => None,
+            },
+        )?;
+        let positive = |v: &str| parse_duration(v).filter(|d| !d.is_zero());
+        let request_timeout = parse_with(
+            src.lookup(
+                ("request-timeout", &f.request_timeout),
+                &["SKIFF_REQUEST_TIMEOUT"],
+            ),
+            d.request_timeout,
+            duration,
+            positive,
+        )?;
+        let body_limit = parse_with(
+            src.lookup(("body-limit", &f.body_limit), &["SKIFF_BODY_LIMIT"]),
+            d.body_limit,
+            size,
+            parse_size,
+        )?;
+        let shutdown_grace = parse_with(
+            src.lookup(
+                ("shutdown-grace", &f.shutdown_grace),
+                &["SKIFF_SHUTDOWN_GRACE"],
+            ),
+            d.shutdown_grace,
+            duration,
+            parse_duration,
+        )?;
+        let (time_zone, time_zone_name) = parse_with(
+            src.lookup(("time-zone", &f.time_zone), &["SKIFF_TIME_ZONE"]),
+            (d.time_zone, d.time_zone_name),
+            "an IANA time zone name such as Asia/Tokyo or UTC",
+            |v| {
+                jiff::tz::TimeZone::get(v)
+                    .ok()
+                    .map(|tz| (tz, v.to_string()))
+            },
+        )?;
+        let ip_upstream = parse_with(
+            src.lookup(("ip-upstream", &f.ip_upstream), &["SKIFF_IP_UPSTREAM"]),
+            d.ip_upstream,
+            "an http:// or https:// URL",
+            |v| {
+                let rest = v
+                    .strip_prefix("https://")
+                    .or_else(|| v.strip_prefix("http://"))?;
+                (!rest.is_empty() && !rest.contains(char::is_whitespace)).then(|| v.to_string())
+            },
+        )?;
+        let ip_timeout = parse_with(
+            src.lookup(("ip-timeout", &f.ip_timeout), &["SKIFF_IP_TIMEOUT"]),
+            d.ip_timeout,
+            duration,
+            positive,
+        )?;
+        let ip_cache_ttl = parse_with(
+            src.lookup(("ip-cache-ttl", &f.ip_cache_ttl), &["SKIFF_IP_CACHE_TTL"]),
+            d.ip_cache_ttl,
+            duration,
+            parse_duration,
+        )?;
+        let scripts = src.lookup(("scripts-dir", &f.scripts_dir), &["SKIFF_SCRIPTS_DIR"]);
+        let scripts_dir_explicit = scripts.is_some();
+        let scripts_dir = parse_with(scripts, d.scripts_dir, "a directory path", |v| {
+            (!v.is_empty()).then(|| PathBuf::from(v))
+        })?;
+        let lua_memory = parse_with(
+            src.lookup(("lua-memory", &f.lua_memory), &["SKIFF_LUA_MEMORY"]),
+            d.lua_memory,
+            "a size of at least 256KiB, such as 16MiB",
+            |v| parse_size(v).filter(|&n| n >= 256 * 1024),
+        )?;
+        let lua_timeout = parse_with(
+            src.lookup(("lua-timeout", &f.lua_timeout), &["SKIFF_LUA_TIMEOUT"]),
+            d.lua_timeout,
+            duration,
+            positive,
+        )?;
+        let credentials = credentials(src)?;
+
+        Ok(Config {
+            port,
+            bind,
+            database_url,
+            log_filter,
+            log_format,
+            request_timeout,
+            body_limit,
+            shutdown_grace,
+            time_zone,
+            time_zone_name,
+            ip_upstream,
+            ip_timeout,
+            ip_cache_ttl,
+            scripts_dir,
+            scripts_dir_explicit,
+            lua_memory,
+            lua_timeout,
+            credentials,
+        })
+    }
+}
+
+/// `SKIFF_API_USER` with `SKIFF_API_PASSWORD` or `SKIFF_API_PASSWORD_FILE`:
+/// both or neither.
+fn credentials(src: &Sources<'_>) -> Result<Option<Credentials>, ConfigError> {
+    let user = (src.env)("SKIFF_API_USER").filter(|u| !u.is_empty());
+    let password = match ((src.env)("SKIFF_API_PASSWORD"), (src.env)("SKIFF_API_PASSWORD_FILE")) {
+        (Some(p), _) if !p.is_empty() => Some(p),
+        (_, Some(path)) if !path.is_empty() => {
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+                name: "SKIFF_API_PASSWORD_FILE".into(),
+                value: path.clone(),
+                expected: format!("a readable file holding the password ({e})"),
+            })?;
+            // Secret files usually end with a newline that is not part of it.
+            let p = text.trim_end_matches(['\r', '\n']).to_string();
+            if p.is_empty() {
+                return Err(ConfigError {
+                    name: "SKIFF_API_PASSWORD_FILE".into(),
+                    value: path,
+                    expected: "a file holding a non-empty password".into(),
+                });
+            }
+            Some(p)
+        }
+        _ => None,
+    };
+    match (user, password) {
+        (None, None) => Ok(None),
+        (Some(user), Some(password)) => {
+            if user.contains(':') {
+                return Err(ConfigError {
+                    name: "SKIFF_API_USER".into(),
+                    value: user,
+                    expected: "a user name without ':'".into(),
+                });
+            }
+            Ok(Some(Credentials {
+                user,
+                password: Secret::new(password),
+            }))
+        }
+        (Some(user), None) => Err(ConfigError {
+            name: "SKIFF_API_USER".into(),
+            value: user,
+            expected: "SKIFF_API_PASSWORD or SKIFF_API_PASSWORD_FILE to be set as well".into(),
+        }),
+        (None, Some(_)) => Err(ConfigError {
+            name: "SKIFF_API_PASSWORD".into(),
+            value: "***".into(),
+            expected: "SKIFF_API_USER to be set as well".into(),
+        }),
+    }
+}
+
+/// Parses `250ms`, `3s`, `1.5s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+        return None;
+    }
+    let number: f64 = number.parse().ok()?;
+    let seconds_per_unit = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "us" | "µs" => 0.000_001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(number * seconds_per_unit).ok()
+}
+
+/// Parses `65536`, `64KiB`, `64kb`, `16MiB`, `1GiB` (a bare number is bytes).
+/// Decimal units (KB, MB, GB) are powers of 1000, binary ones (KiB…) of 1024.
+pub fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().ok()?;
+    let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(flags: &ConfigFlags, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env = move |name: &str| map.get(name).cloned();
+        Config::from_sources(&Sources { flags, env: &env })
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3s"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        for bad in ["", "s", "3x", "-1s", "1.s", ".5s", "3 s s", "1e3s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Some(65536));
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("64kb"), Some(64000));
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        for bad in ["", "KiB", "12XB", "-1", "1.5MiB", "99999999999999999999999GiB"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = load(&ConfigFlags::default(), &[]).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.bind.to_string(), "0.0.0.0");
+        assert_eq!(c.database_url, "sqlite://skiff.db");
+        assert_eq!(c.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.body_limit, 65536);
+        assert_eq!(c.time_zone_name, "Asia/Tokyo");
+        assert_eq!(c.lua_memory, 16 << 20);
+        assert_eq!(c.lua_timeout, Duration::from_millis(100));
+        assert!(c.credentials.is_none());
+        assert!(!c.scripts_dir_explicit);
+    }
+
+    #[test]
+    fn flags_win_over_environment_which_wins_over_defaults() {
+        let flags = ConfigFlags {
+            port: Some("9000".into()),
+            ..Default::default()
+        };
+        let c = load(&flags, &[("PORT", "7000"), ("SKIFF_IP_TIMEOUT", "250ms")]).unwrap();
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.ip_timeout, Duration::from_millis(250));
+        let c = load(&ConfigFlags::default(), &[("SKIFF_PORT", "7001")]).unwrap();
+        assert_eq!(c.port, 7001);
+        let c = load(&ConfigFlags::default(), &[("PORT", "7000"), ("SKIFF_PORT", "7001")]).unwrap();
+        assert_eq!(c.port, 7000);
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        let e = load(&ConfigFlags::default(), &[("PORT", "eighty")]).unwrap_err();
+        assert_eq!(e.name, "PORT");
+        assert!(e.to_string().contains("TCP port"), "{e}");
+        let e = load(&ConfigFlags::default(), &[("SKIFF_REQUEST_TIMEOUT", "soon")]).unwrap_err();
+        assert_eq!(e.name, "SKIFF_REQUEST_TIMEOUT");
+        let e = load(&ConfigFlags::default(), &[("SKIFF_TIME_ZONE", "Mars/Olympus")]).unwrap_err();
+        assert_eq!(e.name, "SKIFF_TIME_ZONE");
+        let flags = ConfigFlags {
+            body_limit: Some("lots".into()),
+            ..Default::default()
+        };
+        let e = load(&flags, &[]).unwrap_err();
+        assert_eq!(e.name, "--body-limit");
+        let e = load(&ConfigFlags::default(), &[("DATABASE_URL", "mysql://x")]).unwrap_err();
+        assert_eq!(e.name, "DATABASE_URL");
+    }
+
+    #[test]
+    fn credentials_need_both_halves_and_hide_the_password() {
+        let e = load(&ConfigFlags::default(), &[("SKIFF_API_USER", "admin")]).unwrap_err();
+        assert_eq!(e.name, "SKIFF_API_USER");
+        let c = load(
+            &ConfigFlags::default(),
+            &[("SKIFF_API_USER", "admin"), ("SKIFF_API_PASSWORD", "hunter2")],
+        )
+        .unwrap();
+        let creds = c.credentials.unwrap();
+        assert_eq!(creds.password.expose(), "hunter2");
+        assert!(!format!("{creds:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn password_file_is_read_without_its_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let c = load(
+            &ConfigFlags::default(),
+            &[
+                ("SKIFF_API_USER", "admin"),
+                ("SKIFF_API_PASSWORD_FILE", path.to_str().unwrap()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.credentials.unwrap().password.expose(), "s3cret");
+        let e = load(
+            &ConfigFlags::default(),
+            &[
+                ("SKIFF_API_USER", "admin"),
+                ("SKIFF_API_PASSWORD_FILE", "/nonexistent/pw"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(e.name, "SKIFF_API_PASSWORD_FILE");
+    }
+}

@@ -1,0 +1,108 @@
+//! The demo routes of the guides skiff learns from: `/` and `/hello`.
+
+use axum::Router;
+use axum::http::{HeaderMap, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use utoipa::OpenApi;
+
+use crate::app::AppState;
+
+#[derive(OpenApi)]
+#[openapi(paths(root, hello))]
+pub struct Api;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(root))
+        .route("/hello", get(hello))
+}
+
+const LANDING: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>skiff</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><h1>skiff</h1><p>Hello World</p>
+<ul><li><a href="/docs">API reference</a></li>
+<li><a href="/openapi.json">OpenAPI document</a></li>
+<li><a href="/metrics">Metrics</a></li></ul></body></html>
+"#;
+
+/// `Hello World`, or a small landing page for a browser.
+#[utoipa::path(get, path = "/", tag = "demo",
+    responses((status = 200, description = "`Hello World` as text/plain; an HTML landing page when the Accept header prefers text/html",
+        content((String = "text/plain", example = "Hello World"), (String = "text/html")))))]
+pub async fn root(headers: HeaderMap) -> Response {
+    if prefers_html(&headers) {
+        Html(LANDING).into_response()
+    } else {
+        "Hello World".into_response()
+    }
+}
+
+/// `hello`
+#[utoipa::path(get, path = "/hello", tag = "demo",
+    responses((status = 200, description = "The word hello", body = String, content_type = "text/plain", example = "hello")))]
+pub async fn hello() -> &'static str {
+    "hello"
+}
+
+/// Whether the `Accept` header ranks `text/html` above `text/plain`
+/// (a browser does; `curl`'s `*/*` does not).
+pub fn prefers_html(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    quality(&accept, "text", "html") > quality(&accept, "text", "plain")
+}
+
+/// The quality the Accept header gives to `kind/sub`, by its most specific
+/// matching range (RFC 9110 §12.5.1); 0 when nothing matches.
+fn quality(accept: &str, kind: &str, sub: &str) -> f32 {
+    let mut best: Option<(u8, f32)> = None;
+    for range in accept.split(',') {
+        let mut params = range.split(';');
+        let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
+        let Some((k, s)) = media.split_once('/') else {
+            continue;
+        };
+        let specificity = match (k, s) {
+            (k, s) if k == kind && s == sub => 2,
+            (k, "*") if k == kind => 1,
+            ("*", "*") => 0,
+            _ => continue,
+        };
+        let q = params
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if best.is_none_or(|(spec, _)| specificity > spec) {
+            best = Some((specificity, q));
+        }
+    }
+    best.map_or(0.0, |(_, q)| q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn browsers_get_html_and_curl_gets_text() {
+        let firefox = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert!(prefers_html(&accept(firefox)));
+        assert!(!prefers_html(&accept("*/*")));
+        assert!(!prefers_html(&HeaderMap::new()));
+        assert!(!prefers_html(&accept("text/plain, text/html;q=0.5")));
+        assert!(!prefers_html(&accept("text/html;q=0.5, text/*")));
+        assert!(prefers_html(&accept("text/html, text/plain;q=0.9")));
+    }
+}

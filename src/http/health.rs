@@ -1,0 +1,75 @@
+//! Liveness (`/healthz`) and readiness (`/readyz`, `/health`).
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::app::AppState;
+
+#[derive(OpenApi)]
+#[openapi(paths(healthz, readyz, health), components(schemas(Health)))]
+pub struct Api;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/health", get(health))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status":"UP","checks":{"database":"UP"}}))]
+pub struct Health {
+    /// `UP` or `DOWN`.
+    pub status: &'static str,
+    /// Each dependency checked, `UP` or `DOWN`; absent for liveness.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<BTreeMap<&'static str, &'static str>>,
+}
+
+/// Liveness: `UP` while the process serves.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process serves", body = Health, example = json!({"status":"UP"}))))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "UP",
+        checks: None,
+    })
+}
+
+/// Readiness: `UP` when the database answers and shutdown has not begun.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready for traffic", body = Health),
+        (status = 503, description = "Not ready: the database does not answer, or shutdown has begun", body = Health,
+            example = json!({"status":"DOWN","checks":{"database":"DOWN"}}))))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let mut checks = BTreeMap::new();
+    #[cfg(feature = "users")]
+    checks.insert("database", if state.db.ping().await { "UP" } else { "DOWN" });
+    let up = !state.is_draining() && checks.values().all(|c| *c == "UP");
+    let status = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let health = Health {
+        status: if up { "UP" } else { "DOWN" },
+        checks: Some(checks),
+    };
+    (status, Json(health))
+}
+
+/// Readiness, the same as `/readyz`.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "Ready for traffic", body = Health),
+        (status = 503, description = "Not ready", body = Health)))]
+pub async fn health(state: State<AppState>) -> (StatusCode, Json<Health>) {
+    readyz(state).await
+}

@@ -1,0 +1,33 @@
+//! `/metrics` in the Prometheus text format.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use utoipa::OpenApi;
+
+use crate::app::AppState;
+
+#[derive(OpenApi)]
+#[openapi(paths(metrics))]
+pub struct Api;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+/// Prometheus metrics: requests by method, route template and status, latency
+/// histogram, in-flight requests, database pool, Lua runs, `/ip` upstream
+/// calls and cache hits, build info.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", body = String,
+        content_type = "text/plain; version=0.0.4")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    #[cfg(feature = "users")]
+    state.db.record_pool_metrics();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}

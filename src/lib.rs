@@ -1,0 +1,24 @@
+//! skiff: a small, production-grade web API in one static binary.
+//!
+//! `main.rs` only calls [`cli::run`]. The service itself is an [`app::App`]
+//! built from a [`config::Config`]; its routes live in [`http`], one file per
+//! resource.
+
+pub mod app;
+pub mod build;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod healthcheck;
+pub mod http;
+pub mod telemetry;
+
+#[cfg(feature = "users")]
+pub mod db;
+#[cfg(feature = "lua")]
+pub mod lua;
+#[cfg(feature = "ip")]
+pub mod upstream;
+
+pub use app::{App, AppState, ServeOptions};
+pub use config::Config;

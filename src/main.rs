@@ -1,0 +1,9 @@
+//! The `skiff` binary: everything lives in the library crate.
+
+// musl's allocator is slow under contention; mimalloc is not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> std::process::ExitCode {
+    skiff::cli::run()
+}

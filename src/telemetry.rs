@@ -1,0 +1,99 @@
+//! Logs (tracing, text or JSON lines on stdout) and metrics (a Prometheus
+//! recorder installed once per process).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat};
+
+/// Installs the global log subscriber. Later calls are no-ops (tests build
+/// many apps in one process).
+pub fn init_logging(config: &Config) {
+    let filter = EnvFilter::builder()
+        .parse(&config.log_filter)
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let _ = match config.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
+}
+
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+pub const HTTP_IN_FLIGHT: &str = "http_requests_in_flight";
+pub const IP_UPSTREAM_CALLS: &str = "skiff_ip_upstream_calls_total";
+pub const IP_CACHE_HITS: &str = "skiff_ip_cache_hits_total";
+pub const LUA_RUNS: &str = "skiff_lua_runs_total";
+pub const LUA_ERRORS: &str = "skiff_lua_errors_total";
+pub const LUA_LIMIT_HITS: &str = "skiff_lua_limit_hits_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The process-wide Prometheus recorder. The first call installs it, records
+/// the build info and starts the periodic upkeep; later calls share it.
+pub fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), LATENCY_BUCKETS)
+                .expect("the bucket list is not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            describe();
+            metrics::gauge!(
+                "skiff_build_info",
+                "version" => env!("CARGO_PKG_VERSION"),
+                "commit" => crate::build::GIT_COMMIT,
+                "target" => crate::build::TARGET,
+            )
+            .set(1.0);
+            let upkeep = handle.clone();
+            // Histograms are drained into their summaries by the upkeep task;
+            // without it they grow until the next scrape.
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("can spawn the metrics upkeep thread");
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by method, route template and status"
+    );
+    metrics::describe_histogram!(
+        HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "HTTP request latency, by method, route template and status"
+    );
+    metrics::describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being served now");
+    metrics::describe_counter!(IP_UPSTREAM_CALLS, "Calls to the /ip upstream, by outcome");
+    metrics::describe_counter!(IP_CACHE_HITS, "/ip answers served from the cache");
+    metrics::describe_counter!(LUA_RUNS, "Lua script runs");
+    metrics::describe_counter!(LUA_ERRORS, "Lua script runs that failed, by kind");
+    metrics::describe_counter!(LUA_LIMIT_HITS, "Lua runs stopped by a limit (time or memory)");
+    metrics::describe_gauge!("skiff_build_info", "Build information; the value is always 1");
+}

@@ -1,0 +1,116 @@
+//! The test harness: spawns the real app on a random loopback port, with a
+//! fresh SQLite file, and gives a real HTTP client to talk to it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use skiff::{App, AppState, Config, ServeOptions};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    /// Holds the SQLite file and any scripts until the app is dropped.
+    pub dir: tempfile::TempDir,
+}
+
+/// A configuration for tests: loopback, port 0, a fresh SQLite file in its
+/// own temp dir, and an `/ip` upstream that refuses connections.
+pub fn test_config() -> (Config, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("can make a temp dir");
+    let config = Config {
+        port: 0,
+        bind: [127, 0, 0, 1].into(),
+        database_url: format!("sqlite://{}", dir.path().join("skiff.db").display()),
+        ip_upstream: "http://127.0.0.1:9/".into(),
+        log_filter: "warn".into(),
+        ..Config::default()
+    };
+    (config, dir)
+}
+
+/// Spawns the app with the test configuration.
+pub async fn spawn() -> TestApp {
+    let (config, dir) = test_config();
+    spawn_with(config, dir).await
+}
+
+/// Spawns the app with `config` (whose port should be 0) and keeps `dir`
+/// alive as long as the app.
+pub async fn spawn_with(config: Config, dir: tempfile::TempDir) -> TestApp {
+    skiff::telemetry::init_logging(&config);
+    let app = App::build(config, ServeOptions::default())
+        .await
+        .expect("the app starts");
+    let addr = app.local_addr();
+    let state = app.state().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client builds");
+    TestApp {
+        addr,
+        client,
+        state,
+        shutdown: Some(tx),
+        server: Some(server),
+        dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the request is answered")
+    }
+
+    /// Begins graceful shutdown and waits for the server to stop.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let server = self.server.take().expect("the server runs");
+        server.await.expect("the server task does not panic")
+    }
+
+    /// Begins graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Asserts that `response` is an RFC 9457 problem with `status`, and returns
+/// its body.
+pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status, "status of {}", response.url());
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "content type of a {status}"
+    );
+    let body: serde_json::Value = response.json().await.expect("a problem is JSON");
+    assert_eq!(body["status"], status);
+    assert_eq!(body["type"], "about:blank");
+    assert!(body["title"].is_string(), "{body}");
+    assert!(body["detail"].is_string(), "{body}");
+    body
+}
