@@ -51,7 +51,10 @@ pub async fn healthz() -> Json<Health> {
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let mut checks = BTreeMap::new();
     #[cfg(feature = "users")]
-    checks.insert("database", if state.db.ping().await { "UP" } else { "DOWN" });
+    checks.insert(
+        "database",
+        if state.db.ping().await { "UP" } else { "DOWN" },
+    );
     let up = !state.is_draining() && checks.values().all(|c| *c == "UP");
     let status = if up {
         StatusCode::OK

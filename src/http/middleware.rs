@@ -9,7 +9,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::{Error, PROBLEM_JSON, Problem};
+use crate::error::{Error, Problem};
 use crate::telemetry::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS};
 
 use super::REQUEST_ID;
@@ -89,16 +89,18 @@ pub async fn observe(request: Request, next: Next) -> Response {
     response
 }
 
-/// Gives every error response made outside a handler (405 from the router,
-/// 413 from the body limit, 503 from the timeout, …) a problem+json body,
-/// keeping its headers (such as `Allow`).
+/// Gives every bare error response made outside a handler (405 from the
+/// router, 413 from the body limit, 503 from the timeout, axum's plain-text
+/// rejections) a problem+json body, keeping its headers (such as `Allow`).
+/// Error responses with a body of another type (the readiness JSON, a Lua
+/// script's own answer marked [`Verbatim`]) are left as they are.
 pub async fn problem_for_bare_errors(response: Response) -> Response {
     let status = response.status();
-    let is_problem = response
+    let bare = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if status.as_u16() < 400 || is_problem || response.extensions().get::<Verbatim>().is_some() {
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if status.as_u16() < 400 || !bare || response.extensions().get::<Verbatim>().is_some() {
         return response;
     }
     let detail = match status {

@@ -24,6 +24,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 
 use crate::app::AppState;
+use crate::config::Config;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -43,12 +44,20 @@ pub fn router(state: AppState) -> Router {
     #[cfg(feature = "users")]
     let routes = routes.merge(users::router(&state));
 
-    // Each `layer` wraps the ones before it, so the last is the outermost:
-    // every response, even a panic's, gets a request id, an access log line,
-    // compression, and a problem body when it is a bare error.
+    with_middleware(
+        routes
+            .fallback(middleware::not_found)
+            .with_state(state.clone()),
+        config,
+    )
+}
+
+/// Wraps `routes` in the shared middleware. Each `layer` wraps the ones
+/// before it, so the last is the outermost: every response, even a panic's,
+/// gets a request id, an access log line, compression, and a problem body
+/// when it is a bare error.
+pub fn with_middleware(routes: Router, config: &Config) -> Router {
     routes
-        .fallback(middleware::not_found)
-        .with_state(state.clone())
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(config.body_limit))
         .layer(TimeoutLayer::with_status_code(

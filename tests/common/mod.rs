@@ -114,3 +114,25 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_j
     assert!(body["detail"].is_string(), "{body}");
     body
 }
+
+pub mod stub;
+
+/// Polls `condition` every 10 ms until it holds; panics after 10 s.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The value of a metric sample (`name{labels}` exactly as rendered), if present.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
