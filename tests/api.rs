@@ -15,7 +15,12 @@ async fn root_says_hello_world_to_curl_and_a_page_to_browsers() {
     let app = spawn().await;
     let r = app.get("/").await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     assert_eq!(r.text().await.unwrap(), "Hello World");
 
     let r = app
@@ -25,10 +30,18 @@ async fn root_says_hello_world_to_curl_and_a_page_to_browsers() {
         .send()
         .await
         .unwrap();
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let page = r.text().await.unwrap();
     for link in ["/docs", "/openapi.json", "/metrics"] {
-        assert!(page.contains(&format!("href=\"{link}\"")), "landing page links {link}");
+        assert!(
+            page.contains(&format!("href=\"{link}\"")),
+            "landing page links {link}"
+        );
     }
 }
 
@@ -37,7 +50,12 @@ async fn hello_says_hello() {
     let app = spawn().await;
     let r = app.get("/hello").await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     assert_eq!(r.text().await.unwrap(), "hello");
 }
 
@@ -54,7 +72,12 @@ async fn time_defaults_to_tokyo_and_takes_any_iana_zone() {
     let skew = jiff::Timestamp::now().duration_since(parsed).abs();
     assert!(skew < jiff::SignedDuration::from_secs(60), "{time} is now");
 
-    let body: serde_json::Value = app.get("/time?tz=America/New_York").await.json().await.unwrap();
+    let body: serde_json::Value = app
+        .get("/time?tz=America/New_York")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["timeZone"], "America/New_York");
     assert!(["EST", "EDT"].contains(&body["abbreviation"].as_str().unwrap()));
 
@@ -77,7 +100,10 @@ async fn health_and_readiness_are_up() {
     let app = spawn().await;
     let r = app.get("/healthz").await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap(), serde_json::json!({"status": "UP"}));
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"status": "UP"})
+    );
     for path in ["/readyz", "/health"] {
         let r = app.get(path).await;
         assert_eq!(r.status(), 200);
@@ -101,7 +127,9 @@ async fn readiness_goes_down_once_shutdown_begins() {
         .await
         .unwrap();
     assert_eq!(response.status(), 503);
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .unwrap();
     let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(body["status"], "DOWN");
 }
@@ -146,7 +174,10 @@ async fn requests_over_the_timeout_are_503_problems() {
     config.request_timeout = Duration::from_millis(200);
     let app = spawn_with(config, dir).await;
     let body = assert_problem(app.get("/ip").await, 503).await;
-    assert!(body["detail"].as_str().unwrap().contains("timeout"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("timeout"),
+        "{body}"
+    );
     // The server is fine afterwards.
     assert_eq!(app.get("/hello").await.status(), 200);
 }
@@ -199,13 +230,30 @@ async fn metrics_count_requests_by_route_template() {
     app.get("/time?tz=Nope").await;
     app.get("/missing").await;
     let r = app.get("/metrics").await;
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = r.text().await.unwrap();
     let sample = |labels: &str| metric(&text, &format!("http_requests_total{{{labels}}}"));
-    assert_eq!(sample(r#"method="GET",route="/hello",status="200""#), Some(2.0));
-    assert_eq!(sample(r#"method="GET",route="/time",status="400""#), Some(1.0));
-    assert_eq!(sample(r#"method="GET",route="unmatched",status="404""#), Some(1.0));
-    assert!(text.contains("http_request_duration_seconds_bucket{"), "latency histogram");
+    assert_eq!(
+        sample(r#"method="GET",route="/hello",status="200""#),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(r#"method="GET",route="/time",status="400""#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(r#"method="GET",route="unmatched",status="404""#),
+        Some(1.0)
+    );
+    assert!(
+        text.contains("http_request_duration_seconds_bucket{"),
+        "latency histogram"
+    );
     assert!(text.contains("http_requests_in_flight"));
     assert!(text.contains("skiff_build_info{version=\""));
 }
@@ -225,10 +273,21 @@ async fn a_panicking_handler_is_a_500_problem_and_the_server_lives_on() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     let client = reqwest::Client::new();
-    let r = client.get(format!("http://{addr}/boom")).send().await.unwrap();
+    let r = client
+        .get(format!("http://{addr}/boom"))
+        .send()
+        .await
+        .unwrap();
     let body = assert_problem(r, 500).await;
-    assert!(!body["detail"].as_str().unwrap().contains("deliberate"), "no internals leak");
-    let r = client.get(format!("http://{addr}/fine")).send().await.unwrap();
+    assert!(
+        !body["detail"].as_str().unwrap().contains("deliberate"),
+        "no internals leak"
+    );
+    let r = client
+        .get(format!("http://{addr}/fine"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "fine");
 }
 
@@ -237,8 +296,9 @@ async fn the_committed_openapi_document_is_the_generated_one() {
     let app = spawn().await;
     let served: serde_json::Value = app.get("/openapi.json").await.json().await.unwrap();
     assert!(served["openapi"].as_str().unwrap().starts_with("3.1"));
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
-        .expect("docs/openapi.json is committed");
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
+            .expect("docs/openapi.json is committed");
     assert_eq!(
         committed,
         skiff::http::openapi::document_json(),
@@ -246,7 +306,16 @@ async fn the_committed_openapi_document_is_the_generated_one() {
     );
     let committed: serde_json::Value = serde_json::from_str(&committed).unwrap();
     assert_eq!(served, committed);
-    for path in ["/", "/hello", "/time", "/healthz", "/readyz", "/health", "/metrics", "/openapi.json"] {
+    for path in [
+        "/",
+        "/hello",
+        "/time",
+        "/healthz",
+        "/readyz",
+        "/health",
+        "/metrics",
+        "/openapi.json",
+    ] {
         assert!(served["paths"][path].is_object(), "{path} is documented");
     }
 }

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+#[cfg(feature = "ip")]
 use common::stub::{Behaviour, Stub};
 
 const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
@@ -17,7 +18,10 @@ fn skiff(dir: &std::path::Path) -> Command {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SKIFF_BIND", "127.0.0.1")
-        .env("DATABASE_URL", format!("sqlite://{}", dir.join("skiff.db").display()))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("skiff.db").display()),
+        )
         .current_dir(dir);
     cmd
 }
@@ -91,13 +95,23 @@ fn bad_configuration_exits_2_naming_the_variable() {
         ("SKIFF_LOG_FORMAT", "xml"),
         ("SKIFF_TIME_ZONE", "Mars/Olympus_Mons"),
     ] {
-        let out = skiff(dir.path()).env(var, value).arg("serve").output().unwrap();
+        let out = skiff(dir.path())
+            .env(var, value)
+            .arg("serve")
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{var}={value}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-        assert!(stderr.contains(var) && stderr.contains("expected"), "{stderr}");
+        assert!(
+            stderr.contains(var) && stderr.contains("expected"),
+            "{stderr}"
+        );
     }
-    let out = skiff(dir.path()).args(["serve", "--port", "x"]).output().unwrap();
+    let out = skiff(dir.path())
+        .args(["serve", "--port", "x"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
 }
@@ -108,7 +122,10 @@ fn version_names_commit_target_and_features() {
     let out = skiff(dir.path()).arg("version").output().unwrap();
     assert!(out.status.success());
     let line = String::from_utf8(out.stdout).unwrap();
-    assert!(line.starts_with(&format!("skiff {} (commit ", env!("CARGO_PKG_VERSION"))), "{line}");
+    assert!(
+        line.starts_with(&format!("skiff {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{line}"
+    );
     assert!(line.contains("target x86_64-unknown-linux"), "{line}");
     assert!(line.contains("features: "), "{line}");
 }
@@ -130,11 +147,20 @@ fn healthcheck_passes_against_a_live_server_and_fails_against_a_closed_port() {
         .args(["healthcheck", "--url", &server.url("/healthz")])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The default URL follows PORT.
     let port = server.addr.rsplit(':').next().unwrap();
-    let out = skiff(dir.path()).env("PORT", port).arg("healthcheck").output().unwrap();
+    let out = skiff(dir.path())
+        .env("PORT", port)
+        .arg("healthcheck")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
 
     // A 404 is not healthy.
@@ -144,7 +170,10 @@ fn healthcheck_passes_against_a_live_server_and_fails_against_a_closed_port() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let out = skiff(dir.path())
         .args(["healthcheck", "--url", &format!("http://{closed}/healthz")])
         .output()
@@ -175,11 +204,16 @@ async fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
     .await;
     stub.open_gate();
 
-    let response = slow.await.unwrap().expect("the in-flight request is answered");
+    let response = slow
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["ip"], "203.0.113.9");
-    let status = tokio::task::spawn_blocking(move || server.wait()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 

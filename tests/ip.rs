@@ -26,7 +26,11 @@ async fn answers_the_upstream_address_and_caches_it() {
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body, serde_json::json!({"ip": "203.0.113.7"}));
     }
-    assert_eq!(stub.calls(), 1, "answers within the TTL come from the cache");
+    assert_eq!(
+        stub.calls(),
+        1,
+        "answers within the TTL come from the cache"
+    );
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert_eq!(metric(&metrics, "skiff_ip_cache_hits_total"), Some(2.0));
     assert_eq!(
@@ -50,7 +54,12 @@ async fn unreachable_upstream_is_a_502() {
     assert_eq!(config.ip_upstream, "http://127.0.0.1:9/");
     let app = spawn_with(config, dir).await;
     let body = assert_problem(app.get("/ip").await, 502).await;
-    assert!(body["detail"].as_str().unwrap().contains("could not be reached"));
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("could not be reached")
+    );
 }
 
 #[tokio::test]
@@ -67,7 +76,10 @@ async fn garbage_from_upstream_is_a_502() {
         let stub = Stub::start(Behaviour::Answer(200, garbage)).await;
         let app = app_with_upstream(&stub, Duration::from_secs(3)).await;
         let body = assert_problem(app.get("/ip").await, 502).await;
-        assert!(body["detail"].as_str().unwrap().contains("not an IP"), "{garbage:?}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("not an IP"),
+            "{garbage:?}: {body}"
+        );
     }
 }
 
@@ -77,10 +89,17 @@ async fn slow_upstream_is_a_504_and_failures_are_not_cached() {
     let app = app_with_upstream(&stub, Duration::from_millis(200)).await;
     assert_problem(app.get("/ip").await, 504).await;
     assert_problem(app.get("/ip").await, 504).await;
-    assert_eq!(stub.calls(), 2, "a failure is not cached: the next request asks again");
+    assert_eq!(
+        stub.calls(),
+        2,
+        "a failure is not cached: the next request asks again"
+    );
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert_eq!(
-        metric(&metrics, r#"skiff_ip_upstream_calls_total{outcome="timeout"}"#),
+        metric(
+            &metrics,
+            r#"skiff_ip_upstream_calls_total{outcome="timeout"}"#
+        ),
         Some(2.0)
     );
 }
