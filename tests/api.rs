@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
+#[cfg(feature = "ip")]
 use common::stub::{Behaviour, Stub};
 use common::{assert_problem, eventually, metric, spawn, spawn_with, test_config};
 use tower::ServiceExt;
@@ -165,6 +166,7 @@ async fn bodies_over_the_limit_are_413_problems() {
     assert_problem(r, 413).await;
 }
 
+#[cfg(feature = "ip")]
 #[tokio::test]
 async fn requests_over_the_timeout_are_503_problems() {
     let stub = Stub::start(Behaviour::Hang).await;
