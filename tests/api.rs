@@ -2,6 +2,7 @@
 
 mod common;
 
+#[cfg(feature = "ip")]
 use std::time::Duration;
 
 use axum::body::Body;
