@@ -144,7 +144,11 @@ impl App {
             tracing::info!(grace = ?grace, "shutdown begun: finishing in-flight requests");
             let _ = began_tx.send(());
         };
-        let server = axum::serve(listener, router).with_graceful_shutdown(signal);
+        let limits = crate::server::Limits {
+            header_read_timeout: state.config.header_timeout,
+            max_connections: state.config.max_connections,
+        };
+        let server = crate::server::serve(listener, router, limits, signal);
         let deadline = async move {
             if began_rx.await.is_ok() {
                 tokio::time::sleep(grace).await;
@@ -153,7 +157,7 @@ impl App {
             }
         };
         tokio::select! {
-            result = server => result?,
+            () = server => {}
             () = deadline => tracing::warn!("grace period over: dropping the connections still open"),
         }
         #[cfg(feature = "users")]

@@ -78,6 +78,13 @@ pub struct Config {
     pub lua_memory: usize,
     pub lua_timeout: Duration,
     pub credentials: Option<Credentials>,
+    /// Requests served at once before new ones are shed with `503`
+    /// (0: no limit). Health and metrics routes are never shed.
+    pub max_concurrency: usize,
+    /// TCP connections open at once; more are closed as soon as accepted.
+    pub max_connections: u32,
+    /// A client must send its request head within this time.
+    pub header_timeout: Duration,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://skiff.db";
@@ -105,6 +112,9 @@ impl Default for Config {
             lua_memory: 16 * 1024 * 1024,
             lua_timeout: Duration::from_millis(100),
             credentials: None,
+            max_concurrency: 1024,
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -158,6 +168,15 @@ pub struct ConfigFlags {
     /// CPU time limit of one Lua run, e.g. 100ms [env: SKIFF_LUA_TIMEOUT]
     #[arg(long, global = true)]
     pub lua_timeout: Option<String>,
+    /// Requests served at once before shedding with 503; 0 = no limit [env: SKIFF_MAX_CONCURRENCY] [default: 1024]
+    #[arg(long, global = true)]
+    pub max_concurrency: Option<String>,
+    /// TCP connections open at once [env: SKIFF_MAX_CONNECTIONS] [default: 4096]
+    #[arg(long, global = true)]
+    pub max_connections: Option<String>,
+    /// Time a client has to send its request headers [env: SKIFF_HEADER_TIMEOUT] [default: 5s]
+    #[arg(long, global = true)]
+    pub header_timeout: Option<String>,
 }
 
 /// Where values come from: the flags, then a lookup of environment variables.
@@ -327,6 +346,33 @@ impl Config {
             duration,
             positive,
         )?;
+        let max_concurrency = parse_with(
+            src.lookup(
+                ("max-concurrency", &f.max_concurrency),
+                &["SKIFF_MAX_CONCURRENCY"],
+            ),
+            d.max_concurrency,
+            "a whole number (0 for no limit)",
+            |v| v.parse().ok(),
+        )?;
+        let max_connections = parse_with(
+            src.lookup(
+                ("max-connections", &f.max_connections),
+                &["SKIFF_MAX_CONNECTIONS"],
+            ),
+            d.max_connections,
+            "a whole number of at least 1",
+            |v| v.parse().ok().filter(|&n: &u32| n >= 1),
+        )?;
+        let header_timeout = parse_with(
+            src.lookup(
+                ("header-timeout", &f.header_timeout),
+                &["SKIFF_HEADER_TIMEOUT"],
+            ),
+            d.header_timeout,
+            duration,
+            positive,
+        )?;
         let credentials = credentials(src)?;
 
         Ok(Config {
@@ -348,6 +394,9 @@ impl Config {
             lua_memory,
             lua_timeout,
             credentials,
+            max_concurrency,
+            max_connections,
+            header_timeout,
         })
     }
 }

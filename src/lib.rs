@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod healthcheck;
 pub mod http;
+pub mod server;
 pub mod telemetry;
 
 #[cfg(feature = "users")]

@@ -32,6 +32,8 @@ pub fn init_logging(config: &Config) {
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 pub const HTTP_IN_FLIGHT: &str = "http_requests_in_flight";
+pub const CONNECTIONS_REFUSED: &str = "skiff_connections_refused_total";
+pub const REQUESTS_SHED: &str = "skiff_requests_shed_total";
 pub const IP_UPSTREAM_CALLS: &str = "skiff_ip_upstream_calls_total";
 pub const IP_CACHE_HITS: &str = "skiff_ip_cache_hits_total";
 pub const LUA_RUNS: &str = "skiff_lua_runs_total";
@@ -90,6 +92,14 @@ fn describe() {
         "HTTP request latency, by method, route template and status"
     );
     metrics::describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being served now");
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at accept because SKIFF_MAX_CONNECTIONS were open"
+    );
+    metrics::describe_counter!(
+        REQUESTS_SHED,
+        "Requests answered 503 because SKIFF_MAX_CONCURRENCY were in flight"
+    );
     metrics::describe_counter!(IP_UPSTREAM_CALLS, "Calls to the /ip upstream, by outcome");
     metrics::describe_counter!(IP_CACHE_HITS, "/ip answers served from the cache");
     metrics::describe_counter!(LUA_RUNS, "Lua script runs");

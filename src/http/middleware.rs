@@ -2,15 +2,18 @@
 //! bodies for errors produced outside handlers, and panics.
 
 use std::any::Any;
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{Error, Problem};
-use crate::telemetry::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS};
+use tokio::sync::Semaphore;
+
+use crate::telemetry::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS, REQUESTS_SHED};
 
 use super::REQUEST_ID;
 
@@ -87,6 +90,26 @@ pub async fn observe(request: Request, next: Next) -> Response {
         "request"
     );
     response
+}
+
+/// Sheds load: past `SKIFF_MAX_CONCURRENCY` requests in flight, answers
+/// `503` with `Retry-After` at once instead of queueing.
+pub async fn shed_load(
+    State(slots): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match slots.try_acquire() {
+        Ok(_slot) => next.run(request).await,
+        Err(_) => {
+            metrics::counter!(REQUESTS_SHED).increment(1);
+            Error::Unavailable {
+                detail: "the server is at its concurrency limit; retry shortly".into(),
+                retry_after: Some(1),
+            }
+            .into_response()
+        }
+    }
 }
 
 /// Gives every bare error response made outside a handler (405 from the

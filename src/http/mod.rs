@@ -15,8 +15,11 @@ mod lua;
 #[cfg(feature = "users")]
 mod users;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::http::{HeaderName, StatusCode};
+use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -31,19 +34,27 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole application router with its middleware.
 pub fn router(state: AppState) -> Router {
     let config = &state.config;
-    let routes = Router::new()
+    let api = Router::new()
         .merge(demo::router())
         .merge(time::router())
-        .merge(health::router())
-        .merge(metrics::router())
         .merge(openapi::router());
     #[cfg(feature = "ip")]
-    let routes = routes.merge(ip::router());
+    let api = api.merge(ip::router());
     #[cfg(feature = "lua")]
-    let routes = routes.merge(lua::router());
+    let api = api.merge(lua::router());
     #[cfg(feature = "users")]
-    let routes = routes.merge(users::router(&state));
-
+    let api = api.merge(users::router(&state));
+    // Under overload the API sheds load; probes and metrics always answer.
+    let api = if config.max_concurrency > 0 {
+        let slots = Arc::new(Semaphore::new(config.max_concurrency));
+        api.route_layer(axum::middleware::from_fn_with_state(
+            slots,
+            middleware::shed_load,
+        ))
+    } else {
+        api
+    };
+    let routes = api.merge(health::router()).merge(metrics::router());
     with_middleware(
         routes
             .fallback(middleware::not_found)

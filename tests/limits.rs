@@ -1,0 +1,134 @@
+//! Limits that keep one client from tying up the server: load shedding,
+//! slow request heads, oversized heads, and the connection cap.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{spawn_with, test_config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the server closes the connection (or 10 s pass) and returns
+/// what it sent.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+    answer
+}
+
+fn status_of(answer: &[u8]) -> String {
+    String::from_utf8_lossy(answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[cfg(feature = "ip")]
+#[tokio::test]
+async fn past_the_concurrency_limit_requests_are_shed_with_retry_after() {
+    use common::stub::{Behaviour, Stub};
+    let stub = Stub::start(Behaviour::Gated("203.0.113.1")).await;
+    let (mut config, dir) = test_config();
+    config.max_concurrency = 2;
+    config.ip_upstream = stub.url();
+    config.ip_cache_ttl = Duration::ZERO;
+    let app = spawn_with(config, dir).await;
+    // Two requests hold both slots while the upstream is gated.
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(app.client.get(app.url("/ip")).send()))
+        .collect();
+    stub.wait_for_calls(1).await;
+    common::eventually("both slots taken", || async {
+        let r = app.get("/hello").await;
+        r.status() == 503
+    })
+    .await;
+    let r = app.get("/hello").await;
+    assert_eq!(r.headers()["retry-after"], "1");
+    common::assert_problem(r, 503).await;
+    // Probes and metrics are never shed.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(common::metric(&metrics, "skiff_requests_shed_total").unwrap() >= 2.0);
+
+    stub.open_gate();
+    for request in held {
+        assert_eq!(request.await.unwrap().unwrap().status(), 200);
+    }
+    assert_eq!(app.get("/hello").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_client_too_slow_to_send_its_headers_is_cut_off() {
+    let (mut config, dir) = test_config();
+    config.header_timeout = Duration::from_millis(300);
+    let app = spawn_with(config, dir).await;
+    let mut slow = TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The head never completes: the server closes the connection.
+    let answer = read_to_close(&mut slow).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+    // Others are served all along.
+    assert_eq!(app.get("/hello").await.status(), 200);
+}
+
+#[tokio::test]
+async fn oversized_request_heads_get_431_and_the_server_lives_on() {
+    let app = common::spawn().await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let big = "x".repeat(64 * 1024);
+    let request = format!("GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    assert!(status_of(&read_to_close(&mut stream).await).contains("431"));
+
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let request = format!("GET /hello HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    assert!(status_of(&read_to_close(&mut stream).await).contains("431"));
+
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let request = format!("GET /hello?{big} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let status = status_of(&read_to_close(&mut stream).await);
+    assert!(status.contains("431") || status.contains("414"), "{status}");
+
+    assert_eq!(app.get("/hello").await.status(), 200);
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_at_once() {
+    let (mut config, dir) = test_config();
+    config.max_connections = 2;
+    config.header_timeout = Duration::from_secs(60);
+    let app = spawn_with(config, dir).await;
+    let idle_a = TcpStream::connect(app.addr).await.unwrap();
+    let idle_b = TcpStream::connect(app.addr).await.unwrap();
+    // A third connection is accepted by the kernel, then closed unanswered.
+    common::eventually("a third connection to be refused", || async {
+        let mut third = TcpStream::connect(app.addr).await.unwrap();
+        let _ = third
+            .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        read_to_close(&mut third).await.is_empty()
+    })
+    .await;
+    drop((idle_a, idle_b));
+    // Once the idle ones go, there is room again.
+    common::eventually("a slot to free up", || async {
+        let mut s = TcpStream::connect(app.addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        status_of(&read_to_close(&mut s).await).contains("200")
+    })
+    .await;
+}
