@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -190,7 +191,7 @@ def wait_first_200(port: int, path: str, proc: subprocess.Popen, deadline: float
             with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
                 s.sendall(req)
                 status = s.recv(64)
-            if status.startswith(b"HTTP/1.1 200") or status.startswith(b"HTTP/1.0 200"):
+            if status.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
                 return
         except OSError:
             pass
@@ -225,8 +226,13 @@ def dir_size(path: Path) -> int:
 
 def ensure_apt(packages: dict[str, str]) -> None:
     """packages: {probe path or command: Debian package}."""
-    missing = sorted({pkg for probe, pkg in packages.items()
-                      if not (Path(probe).exists() if probe.startswith("/") else shutil.which(probe))})
+    missing = sorted(
+        {
+            pkg
+            for probe, pkg in packages.items()
+            if not (Path(probe).exists() if probe.startswith("/") else shutil.which(probe))
+        }
+    )
     if not missing:
         return
     if os.geteuid() != 0:
@@ -251,19 +257,18 @@ class Server:
     size_what: str = ""
     version: str = ""
 
-    def build(self, ctx: "Context") -> None: ...
+    def build(self, ctx: Context) -> None: ...
 
-    def command(self, ctx: "Context", port: int, workdir: Path) -> tuple[list[str], dict]:
+    def command(self, ctx: Context, port: int, workdir: Path) -> tuple[list[str], dict]:
         raise NotImplementedError
 
-    def before_start(self, ctx: "Context", workdir: Path) -> None:
+    def before_start(self, ctx: Context, workdir: Path) -> None:
         """Fresh state for a measured run (a new database)."""
 
 
 def base_env() -> dict:
     # A clean environment: no RUST_LOG, DATABASE_URL or GOMAXPROCS of the caller.
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
-            "LANG": "C.UTF-8"}
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
 
 
 class Skiff(Server):
@@ -271,9 +276,16 @@ class Skiff(Server):
         super().__init__(name, label)
         self.postgres = postgres
         if postgres:
-            self.needs = {"initdb": "postgresql", "pg_ctl": "postgresql", "psql": "postgresql-client"}
+            # Debian keeps initdb and pg_ctl off PATH; bench/pg finds them.
+            self.needs = {"/usr/bin/pg_ctlcluster": "postgresql", "psql": "postgresql-client"}
 
     def build(self, ctx):
+        if ctx.args.skiff:
+            self.binary = ctx.args.skiff.resolve()
+            self.size_bytes = self.binary.stat().st_size
+            self.size_what = f"{ctx.args.skiff} (given with --skiff)"
+            self.version = first_line([str(self.binary), "version"])
+            return
         binary = REPO / "target" / "release" / "skiff"
         if not ctx.built_skiff:
             log("building skiff: cargo build --release --locked")
@@ -292,9 +304,12 @@ class Skiff(Server):
         (workdir / "scripts").mkdir(exist_ok=True)
         db = ctx.pg_url if self.postgres else f"sqlite://{workdir}/skiff.db"
         env = base_env() | {
-            "PORT": str(port), "SKIFF_BIND": "127.0.0.1", "DATABASE_URL": db,
+            "PORT": str(port),
+            "SKIFF_BIND": "127.0.0.1",
+            "DATABASE_URL": db,
             "SKIFF_LOG": "warn",  # no access log, like every peer here
-            "SKIFF_SHUTDOWN_GRACE": "1s", "SKIFF_SCRIPTS_DIR": str(workdir / "scripts"),
+            "SKIFF_SHUTDOWN_GRACE": "1s",
+            "SKIFF_SCRIPTS_DIR": str(workdir / "scripts"),
             "SKIFF_IP_UPSTREAM": "http://127.0.0.1:9",  # never called; loopback only
         }
         return [str(self.binary), "serve"], env
@@ -316,8 +331,12 @@ class GoServer(Server):
         else:
             env |= {"GO111MODULE": "on", "GOFLAGS": "-mod=mod"}
         log(f"building {self.name}: go build")
-        run_cmd(["go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(self.binary), "."],
-                cwd=BENCH / "peers" / self.src, env=env, timeout=900)
+        run_cmd(
+            ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(self.binary), "."],
+            cwd=BENCH / "peers" / self.src,
+            env=env,
+            timeout=900,
+        )
         self.size_bytes = self.binary.stat().st_size
         self.size_what = "static binary, stripped (go build -ldflags='-s -w')"
         self.version = first_line(["go", "version"])
@@ -357,8 +376,11 @@ class Nginx(Server):
     MODULES = Path("/usr/lib/nginx/modules")
 
     def __init__(self):
-        super().__init__("nginx", "nginx + Lua", needs={
-            "nginx": "nginx", str(self.MODULES / "ngx_http_lua_module.so"): "libnginx-mod-http-lua"})
+        super().__init__(
+            "nginx",
+            "nginx + Lua",
+            needs={"nginx": "nginx", str(self.MODULES / "ngx_http_lua_module.so"): "libnginx-mod-http-lua"},
+        )
 
     def build(self, ctx):
         self.binary = Path(shutil.which("nginx"))
@@ -367,8 +389,11 @@ class Nginx(Server):
         files += [Path(m) for m in re.findall(r"=> (\S*luajit\S*)", luajit)]
         self.size_bytes = sum(f.resolve().stat().st_size for f in files) + dir_size(Path("/usr/share/lua/5.1/resty"))
         self.size_what = "nginx + ndk and lua modules + libluajit + lua-resty-core"
-        self.version = first_line(["nginx", "-v"]) + ", lua module " + first_line(
-            ["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-http-lua"])
+        self.version = (
+            first_line(["nginx", "-v"])
+            + ", lua module "
+            + first_line(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-http-lua"])
+        )
 
     def command(self, ctx, port, workdir):
         (workdir / "tmp").mkdir(exist_ok=True)
@@ -379,14 +404,17 @@ class Nginx(Server):
         return [str(self.binary), "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-e", "stderr"], base_env()
 
 
-SERVERS: dict[str, Server] = {s.name: s for s in [
-    Skiff(),
-    Skiff("skiff-pg", "skiff (PostgreSQL)", postgres=True),
-    GoServer("go-nethttp", "Go net/http", "go-nethttp", gopath_mode=False),
-    GoServer("gin", "Go gin (in-memory)", "go-gin", gopath_mode=True),
-    Express(),
-    Nginx(),
-]}
+SERVERS: dict[str, Server] = {
+    s.name: s
+    for s in [
+        Skiff(),
+        Skiff("skiff-pg", "skiff (PostgreSQL)", postgres=True),
+        GoServer("go-nethttp", "Go net/http", "go-nethttp", gopath_mode=False),
+        GoServer("gin", "Go gin (in-memory)", "go-gin", gopath_mode=True),
+        Express(),
+        Nginx(),
+    ]
+}
 
 
 @dataclass
@@ -398,14 +426,17 @@ class Scenario:
     users: str | None = None  # get, post or mix (bench/wrk/users.lua)
 
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
-    Scenario("hello", "GET /hello", ["skiff", "go-nethttp", "gin", "express", "nginx"], "/hello"),
-    Scenario("time", "GET /time", ["skiff", "gin"], "/time"),
-    Scenario("lua", "GET /lua", ["skiff", "nginx"], "/lua"),
-    Scenario("get-user", "GET /users/{id}", ["skiff", "skiff-pg", "gin"], users="get"),
-    Scenario("post-user", "POST /users", ["skiff", "skiff-pg", "gin"], users="post"),
-    Scenario("mix", "90% GET /users/{id}, 10% POST /users", ["skiff", "skiff-pg", "gin"], users="mix"),
-]}
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario("hello", "GET /hello", ["skiff", "go-nethttp", "gin", "express", "nginx"], "/hello"),
+        Scenario("time", "GET /time", ["skiff", "gin"], "/time"),
+        Scenario("lua", "GET /lua", ["skiff", "nginx"], "/lua"),
+        Scenario("get-user", "GET /users/{id}", ["skiff", "skiff-pg", "gin"], users="get"),
+        Scenario("post-user", "POST /users", ["skiff", "skiff-pg", "gin"], users="post"),
+        Scenario("mix", "90% GET /users/{id}, 10% POST /users", ["skiff", "skiff-pg", "gin"], users="mix"),
+    ]
+}
 
 EXPECTED_BODY = {"/hello": b"hello", "/lua": b"hello world"}
 
@@ -444,8 +475,9 @@ class Running:
         self.log_path = workdir / f"{server.name}.log"
         with open(self.log_path, "ab") as logf:
             t0 = time.perf_counter()
-            self.proc = spawn(argv, SERVER_CPU, env=env, cwd=workdir, stdout=logf, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL)
+            self.proc = spawn(
+                argv, SERVER_CPU, env=env, cwd=workdir, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         try:
             wait_first_200(self.port, "/hello", self.proc, t0 + START_DEADLINE_S)
         except BenchError as exc:
@@ -526,7 +558,7 @@ def probe(ctx: Context, scenario: Scenario, r: Running) -> str | None:
     """None when the server does what the scenario measures; otherwise why not."""
     port = r.port
     if scenario.users:
-        status, headers, body = request(port, "POST", "/users", {"email": f"probe-{time.time_ns()}@example.com"})
+        status, _, body = request(port, "POST", "/users", {"email": f"probe-{time.time_ns()}@example.com"})
         if status in NOT_IMPLEMENTED:
             return f"n/a: POST /users answers {status}"
         if status != 201:
@@ -554,7 +586,8 @@ def probe(ctx: Context, scenario: Scenario, r: Running) -> str | None:
         _, _, metrics = request(port, "GET", "/metrics")
         if b"skiff_lua_runs_total" not in metrics:
             ctx.notes[(scenario.name, r.server.name)] = (
-                "placeholder: /metrics counts no Lua run, so this skiff answers /lua without running Lua")
+                "placeholder: /metrics counts no Lua run, so this skiff answers /lua without running Lua"
+            )
     return None
 
 
@@ -584,17 +617,34 @@ def wrk(ctx: Context, scenario: Scenario, port: int, seconds: int, ids: Path | N
         extra = ["--", scenario.users, str(ids or "/dev/null"), f"{os.getpid()}x{time.time_ns()}"]
     else:
         script, url, extra = WRK_DIR / "get.lua", f"http://127.0.0.1:{port}{scenario.path}", []
-    argv = ["wrk", "-t1", f"-c{ctx.args.connections}", f"-d{seconds}s",
-            "--timeout", "5s", "--latency", "-s", str(script), url, *extra]
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{ctx.args.connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+        *extra,
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = spawn(argv, WRK_CPU, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                 env=base_env() | {"BENCH_LUA_DIR": str(WRK_DIR)})
+    proc = spawn(
+        argv,
+        WRK_CPU,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=base_env() | {"BENCH_LUA_DIR": str(WRK_DIR)},
+    )
     try:
         out, err = proc.communicate(timeout=seconds + 60)
     finally:
         stop(proc)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    line = next((l for l in out.splitlines() if l.startswith("BENCH_JSON ")), None)
+    line = next((ln for ln in out.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if proc.returncode != 0 or line is None:
         raise BenchError(f"wrk failed ({proc.returncode}):\n{out[-1500:]}{err[-1500:]}")
     result = json.loads(line.removeprefix("BENCH_JSON "))
@@ -632,22 +682,33 @@ def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) 
     e = out["errors"]
     ok = out["requests"] - e["status"]
     row = {
-        "scenario": scenario.name, "server": server.name, "run": run_no,
-        "rps": ok / secs, "requests": out["requests"], "non_2xx": e["status"],
+        "scenario": scenario.name,
+        "server": server.name,
+        "run": run_no,
+        "rps": ok / secs,
+        "requests": out["requests"],
+        "non_2xx": e["status"],
         "socket_errors": e["connect"] + e["read"] + e["write"] + e["timeout"],
-        "p50_ms": out["latency_us"]["p50"] / 1000, "p90_ms": out["latency_us"]["p90"] / 1000,
-        "p99_ms": out["latency_us"]["p99"] / 1000, "p999_ms": out["latency_us"]["p999"] / 1000,
-        "max_ms": out["latency_us"]["max"] / 1000, "mean_ms": out["latency_us"]["mean"] / 1000,
-        "peak_rss_kib": rss, "duration_s": secs,
-        "server_cpu_pct": 100 * server_cpu / secs, "wrk_cpu_pct": 100 * out["wrk_cpu_s"] / secs,
+        "p50_ms": out["latency_us"]["p50"] / 1000,
+        "p90_ms": out["latency_us"]["p90"] / 1000,
+        "p99_ms": out["latency_us"]["p99"] / 1000,
+        "p999_ms": out["latency_us"]["p999"] / 1000,
+        "max_ms": out["latency_us"]["max"] / 1000,
+        "mean_ms": out["latency_us"]["mean"] / 1000,
+        "peak_rss_kib": rss,
+        "duration_s": secs,
+        "server_cpu_pct": 100 * server_cpu / secs,
+        "wrk_cpu_pct": 100 * out["wrk_cpu_s"] / secs,
         # CPU 0 busy time that was not the server's: other processes on the machine.
         "cpu0_others_pct": max(0.0, 100 * (cpu0 - server_cpu) / secs),
         "startup_ms": r.startup_s * 1000,
     }
     ctx.results.append(row)
-    log(f"{scenario.name} run {run_no} {server.name}: {row['rps']:,.0f} req/s, p50 {row['p50_ms']:.2f} ms, "
+    log(
+        f"{scenario.name} run {run_no} {server.name}: {row['rps']:,.0f} req/s, p50 {row['p50_ms']:.2f} ms, "
         f"p99 {row['p99_ms']:.2f} ms, peak RSS {rss / 1024:.1f} MiB, server CPU {row['server_cpu_pct']:.0f}%, "
-        f"wrk CPU {row['wrk_cpu_pct']:.0f}%" + (f", {e['status']} non-2xx" if e["status"] else ""))
+        f"wrk CPU {row['wrk_cpu_pct']:.0f}%" + (f", {e['status']} non-2xx" if e["status"] else "")
+    )
 
 
 def start_postgres(ctx: Context) -> None:
@@ -664,18 +725,34 @@ def start_postgres(ctx: Context) -> None:
 
 
 def host_info(tmp: Path) -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
     fs = run_cmd(["df", "--output=fstype", str(tmp)]).split()[-1]
-    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_mib": int(mem) // 1024, "kernel": platform.release(),
-            "os": first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]), "tmp_fs": fs}
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_mib": int(mem) // 1024,
+        "kernel": platform.release(),
+        "os": first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "tmp_fs": fs,
+    }
 
 
 def git_commit() -> str:
     sha = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", ".", ":!bench"],
-                           capture_output=True).returncode != 0
+    dirty = (
+        subprocess.run(
+            ["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", ".", ":!bench"], capture_output=True
+        ).returncode
+        != 0
+    )
     return sha + ("-dirty" if dirty else "")
 
 
@@ -688,9 +765,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=int, help="seconds per measured run (default 10)")
     p.add_argument("--warmup", type=int, help="seconds of warm-up before each run (default 5)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    p.add_argument(
+        "--skiff",
+        type=Path,
+        help="bench this skiff binary (e.g. the musl build) instead of building target/release/skiff",
+    )
     p.add_argument("--note", action="append", default=[], help="a line for the report's header")
-    p.add_argument("--out", type=Path, help="where REPORT.md, results.json and report.png go "
-                   "(default bench/ for a full run, target/bench/report/ for --quick or filtered runs)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="where REPORT.md, results.json and report.png go "
+        "(default bench/ for a full run, target/bench/report/ for --quick or filtered runs)",
+    )
     a = p.parse_args(argv)
     for opt, known in (("only", SCENARIOS), ("servers", SERVERS)):
         value = getattr(a, opt)
@@ -705,8 +791,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    full = not (args.quick or args.only or args.servers or args.runs or args.duration
-                or args.warmup is not None or args.connections != 64)
+    full = not (
+        args.quick
+        or args.only
+        or args.servers
+        or args.runs
+        or args.duration
+        or args.warmup is not None
+        or args.connections != 64
+        or args.skiff
+    )
     out_dir = args.out or (BENCH if full else BUILD / "report")
     scenarios = [SCENARIOS[n] for n in (args.only or SCENARIOS)]
     wanted = set(args.servers or SERVERS)
@@ -733,12 +827,15 @@ def main(argv: list[str]) -> int:
     _tmp_root.chmod(0o711)  # PostgreSQL and nginx's worker run as other users
     for parent in (BUILD, BUILD.parent):
         parent.chmod(parent.stat().st_mode | 0o011)
-    ctx = Context(args=args, tmp=_tmp_root,
-                  runs=args.runs or (1 if args.quick else 3),
-                  duration=args.duration or (2 if args.quick else 10),
-                  warmup=args.warmup if args.warmup is not None else (0 if args.quick else 5),
-                  startup_reps=2 if args.quick else 7,
-                  seed_users=SEED_USERS_QUICK if args.quick else SEED_USERS_FULL)
+    ctx = Context(
+        args=args,
+        tmp=_tmp_root,
+        runs=args.runs or (1 if args.quick else 3),
+        duration=args.duration or (2 if args.quick else 10),
+        warmup=args.warmup if args.warmup is not None else (0 if args.quick else 5),
+        startup_reps=2 if args.quick else 7,
+        seed_users=SEED_USERS_QUICK if args.quick else SEED_USERS_FULL,
+    )
 
     for name in used:
         SERVERS[name].build(ctx)
@@ -746,13 +843,16 @@ def main(argv: list[str]) -> int:
     if "skiff-pg" in used:
         start_postgres(ctx)
 
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     loadavg_before = Path("/proc/loadavg").read_text().split()[:3]
     overhead = launch_overhead_ms()
     log(f"spawning /bin/true and reaping it takes {overhead:.2f} ms (the floor of a start-up figure)")
     measure_startup(ctx, used)
     total = sum(len(servers) for _, servers in plan) * ctx.runs
-    log(f"{total} measured runs of {ctx.duration} s (+{ctx.warmup} s warm-up each)")
+    log(
+        f"{total} measured runs of {ctx.duration} s (+{ctx.warmup} s warm-up each): "
+        f"about {total * (ctx.duration + ctx.warmup + 2) / 60:.0f} min"
+    )
     for scenario, servers in plan:
         for run_no in range(1, ctx.runs + 1):
             for server in servers:  # interleaved: run 1 of each, then run 2 of each...
@@ -762,29 +862,60 @@ def main(argv: list[str]) -> int:
                     # One peer failing does not cost the whole bench: it is reported.
                     ctx.skipped[(scenario.name, server.name)] = f"failed: {str(exc).splitlines()[0]}"
                     log(f"{scenario.name} run {run_no} {server.name} FAILED: {exc}")
-    finished = dt.datetime.now(dt.timezone.utc)
+    finished = dt.datetime.now(dt.UTC)
 
     meta = {
-        "started": started.isoformat(timespec="seconds"), "finished": finished.isoformat(timespec="seconds"),
-        "skiff_commit": git_commit(), "command": "bench/run " + " ".join(argv), "full_run": full,
-        "notes": args.note, "host": host_info(ctx.tmp),
-        "loadavg_before": loadavg_before, "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
-        "method": {"runs": ctx.runs, "duration_s": ctx.duration, "warmup_s": ctx.warmup,
-                   "connections": args.connections, "wrk_threads": 1, "server_cpu": SERVER_CPU,
-                   "wrk_cpu": WRK_CPU, "startup_reps": ctx.startup_reps, "seed_users": ctx.seed_users,
-                   "spawn_true_ms": round(overhead, 3)},
-        "tools": {"wrk": first_line(["wrk", "-v"]), "rustc": first_line(["rustc", "--version"]),
-                  "postgres": first_line(["postgres", "--version"]) if "skiff-pg" in used else None},
+        "started": started.isoformat(timespec="seconds"),
+        "finished": finished.isoformat(timespec="seconds"),
+        "skiff_commit": git_commit(),
+        "command": shlex.join(["bench/run", *argv]),
+        "full_run": full,
+        "notes": args.note,
+        "host": host_info(ctx.tmp),
+        "loadavg_before": loadavg_before,
+        "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
+        "method": {
+            "runs": ctx.runs,
+            "duration_s": ctx.duration,
+            "warmup_s": ctx.warmup,
+            "connections": args.connections,
+            "wrk_threads": 1,
+            "server_cpu": SERVER_CPU,
+            "wrk_cpu": WRK_CPU,
+            "startup_reps": ctx.startup_reps,
+            "seed_users": ctx.seed_users,
+            "spawn_true_ms": round(overhead, 3),
+        },
+        "tools": {
+            "wrk": first_line(["wrk", "-v"]),
+            "rustc": first_line(["rustc", "--version"]),
+            "postgres": first_line(["postgres", "--version"]) if "skiff-pg" in used else None,
+        },
     }
-    servers = {n: {"label": SERVERS[n].label, "version": SERVERS[n].version, "size_bytes": SERVERS[n].size_bytes,
-                   "size_what": SERVERS[n].size_what} for n in used}
+    servers = {
+        n: {
+            "label": SERVERS[n].label,
+            "version": SERVERS[n].version,
+            "size_bytes": SERVERS[n].size_bytes,
+            "size_what": SERVERS[n].size_what,
+        }
+        for n in used
+    }
     plan_json = [{"scenario": s.name, "title": s.title, "servers": [x.name for x in srv]} for s, srv in plan]
     skipped = [{"scenario": s, "server": n, "reason": why} for (s, n), why in ctx.skipped.items()]
     notes = [{"scenario": s, "server": n, "note": text} for (s, n), text in ctx.notes.items()]
-    data = {"meta": meta, "servers": servers, "plan": plan_json, "startup_ms": ctx.startup,
-            "runs": ctx.results, "skipped": skipped, "notes": notes}
+    data = {
+        "meta": meta,
+        "servers": servers,
+        "plan": plan_json,
+        "startup_ms": ctx.startup,
+        "runs": ctx.results,
+        "skipped": skipped,
+        "notes": notes,
+    }
 
     import report  # bench/report.py: tables, goals, chart
+
     report.write(data, out_dir, update_readme_too=(out_dir.resolve() == BENCH))
     log(f"wrote {out_dir}/REPORT.md, results.json and the chart")
     return 0
