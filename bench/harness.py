@@ -810,6 +810,8 @@ def main(argv: list[str]) -> int:
         raise BenchError("nothing to run: no selected server takes part in a selected scenario")
     used = sorted({srv.name for _, servers in plan for srv in servers}, key=list(SERVERS).index)
 
+    if not {int(SERVER_CPU), int(WRK_CPU)} <= os.sched_getaffinity(0):
+        raise BenchError(f"needs CPUs {SERVER_CPU} and {WRK_CPU}; this process may use {os.sched_getaffinity(0)}")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     atexit.register(cleanup)
