@@ -745,6 +745,16 @@ def host_info(tmp: Path) -> dict:
     }
 
 
+def skiff_commit(used: list[str]) -> str:
+    """The commit the measured binary says it was built from (`skiff version`)."""
+    for name in ("skiff", "skiff-pg"):
+        if name in used:
+            found = re.search(r"commit (\w+)", SERVERS[name].version)
+            if found:
+                return found.group(1)[:12]
+    return "not measured"
+
+
 def git_commit() -> str:
     sha = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     dirty = (
@@ -869,7 +879,8 @@ def main(argv: list[str]) -> int:
     meta = {
         "started": started.isoformat(timespec="seconds"),
         "finished": finished.isoformat(timespec="seconds"),
-        "skiff_commit": git_commit(),
+        "skiff_commit": skiff_commit(used),
+        "bench_commit": git_commit(),
         "command": shlex.join(["bench/run", *argv]),
         "full_run": full,
         "notes": args.note,
