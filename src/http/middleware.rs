@@ -2,16 +2,20 @@
 //! bodies for errors produced outside handlers, and panics.
 
 use std::any::Any;
+use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{Error, Problem};
+use metrics::{Label, SharedString};
 use tokio::sync::Semaphore;
+use tower_http::request_id::{MakeRequestId, RequestId};
 
 use crate::telemetry::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS, REQUESTS_SHED};
 
@@ -56,40 +60,105 @@ pub async fn observe(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let _in_flight = InFlight::enter();
     let method = method_label(request.method());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let path = request.uri().path().to_owned();
-    let request_id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let route: SharedString = match request.extensions().get::<MatchedPath>() {
+        Some(path) => SharedString::from(path.as_str().to_owned()),
+        None => SharedString::const_str("unmatched"),
+    };
+    // The access log's own fields, read only when it is on.
+    let logged = tracing::enabled!(target: "skiff::access", tracing::Level::INFO).then(|| {
+        let id = request.headers().get(&REQUEST_ID).cloned();
+        (request.uri().path().to_owned(), id)
+    });
 
     let response = next.run(request).await;
 
     let elapsed = start.elapsed();
     let status = response.status().as_u16();
     let labels = [
-        ("method", method.to_owned()),
-        ("route", route),
-        ("status", status.to_string()),
+        Label::from_static_parts("method", method),
+        Label::new("route", route.clone()),
+        Label::new("status", status_label(status)),
     ];
-    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!(HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
-    tracing::info!(
-        target: "skiff::access",
-        method,
-        path,
-        route = labels[1].1,
-        status,
-        latency_us = elapsed.as_micros() as u64,
-        request_id,
-        "request"
-    );
+    metrics::counter!(HTTP_REQUESTS, labels.iter()).increment(1);
+    metrics::histogram!(HTTP_DURATION, labels.iter()).record(elapsed.as_secs_f64());
+    if let Some((path, request_id)) = logged {
+        let request_id = request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        tracing::info!(
+            target: "skiff::access",
+            method,
+            path,
+            route = &*route,
+            status,
+            latency_us = elapsed.as_micros() as u64,
+            request_id,
+            "request"
+        );
+    }
     response
+}
+
+/// The status label, without formatting for the common ones.
+fn status_label(status: u16) -> SharedString {
+    let text = match status {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        412 => "412",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => return SharedString::from(status.to_string()),
+    };
+    SharedString::const_str(text)
+}
+
+/// Request ids for requests that come without one: UUID-shaped, unique within
+/// the process (a counter through a bijective mix) and unpredictable across
+/// processes (a random seed), without a `getrandom` system call per request.
+#[derive(Clone, Copy, Default)]
+pub struct MakeId;
+
+impl MakeRequestId for MakeId {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        static SEED: std::sync::LazyLock<(u64, u64)> = std::sync::LazyLock::new(|| {
+            let state = std::collections::hash_map::RandomState::new();
+            (state.hash_one(1u8), state.hash_one(2u8))
+        });
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let (high, low) = *SEED;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let low = mix(n ^ low);
+        let id = format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            high >> 32,
+            (high >> 16) & 0xffff,
+            high & 0xfff,
+            0x8000 | ((low >> 48) & 0x3fff),
+            low & 0xffff_ffff_ffff,
+        );
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+/// splitmix64's finalizer: a bijection on u64, so distinct counters give
+/// distinct ids.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Sheds load: past `SKIFF_MAX_CONCURRENCY` requests in flight, answers
@@ -163,4 +232,26 @@ pub fn panic_to_problem(payload: Box<dyn Any + Send + 'static>) -> Response {
         "an unexpected error happened; it has been logged",
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_distinct_and_uuid_shaped() {
+        let request = axum::http::Request::new(());
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| {
+                let id = MakeId.make_request_id(&request).unwrap();
+                id.header_value().to_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(100) {
+            let groups: Vec<_> = id.split('-').map(str::len).collect();
+            assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+            assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{id}");
+        }
+    }
 }
