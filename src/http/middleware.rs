@@ -186,14 +186,18 @@ pub async fn shed_load(
 /// rejections) a problem+json body, keeping its headers (such as `Allow`).
 /// Error responses with a body of another type (the readiness JSON, a Lua
 /// script's own answer marked [`Verbatim`]) are left as they are.
-pub async fn problem_for_bare_errors(response: Response) -> Response {
+pub fn problem_for_bare_errors<B>(response: axum::http::Response<B>) -> Response
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let status = response.status();
     let bare = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
     if status.as_u16() < 400 || !bare || response.extensions().get::<Verbatim>().is_some() {
-        return response;
+        return response.map(axum::body::Body::new);
     }
     let detail = match status {
         StatusCode::METHOD_NOT_ALLOWED => "the method is not allowed on this route; see Allow",
@@ -251,7 +255,10 @@ mod tests {
         for id in ids.iter().take(100) {
             let groups: Vec<_> = id.split('-').map(str::len).collect();
             assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
-            assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{id}");
+            assert!(
+                id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+                "{id}"
+            );
         }
     }
 }

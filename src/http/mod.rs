@@ -20,6 +20,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::{HeaderName, StatusCode};
 use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -63,24 +64,27 @@ pub fn router(state: AppState) -> Router {
     )
 }
 
-/// Wraps `routes` in the shared middleware. Each `layer` wraps the ones
-/// before it, so the last is the outermost: every response, even a panic's,
-/// gets a request id, an access log line, compression, and a problem body
-/// when it is a bare error.
+/// Wraps `routes` in the shared middleware, outermost first: every response,
+/// even a panic's, gets a request id, an access log line and the request
+/// metrics, compression, and a problem body when it is a bare error. Each
+/// `Router::layer` boxes a service per route, so the layers are grouped into
+/// three concrete stacks rather than applied one by one.
 pub fn with_middleware(routes: Router, config: &Config) -> Router {
-    routes
-        .layer(axum::extract::DefaultBodyLimit::disable())
+    let inner = ServiceBuilder::new()
+        .layer(CompressionLayer::new())
+        .layer(CatchPanicLayer::custom(middleware::panic_to_problem))
+        .map_response(middleware::problem_for_bare_errors)
         .layer(RequestBodyLimitLayer::new(config.body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             config.request_timeout,
         ))
-        .layer(CatchPanicLayer::custom(middleware::panic_to_problem))
-        .layer(axum::middleware::map_response(
-            middleware::problem_for_bare_errors,
-        ))
-        .layer(CompressionLayer::new())
-        .layer(axum::middleware::from_fn(middleware::observe))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    let ids = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, middleware::MakeId))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID));
+    routes
+        .layer(inner)
+        .layer(axum::middleware::from_fn(middleware::observe))
+        .layer(ids)
 }
