@@ -8,6 +8,8 @@ pub mod middleware;
 pub mod openapi;
 mod time;
 
+#[cfg(feature = "docs")]
+mod docs;
 #[cfg(feature = "ip")]
 mod ip;
 #[cfg(feature = "lua")]
@@ -43,6 +45,8 @@ pub fn router(state: AppState) -> Router {
     let routes = routes.merge(lua::router());
     #[cfg(feature = "users")]
     let routes = routes.merge(users::router(&state));
+    #[cfg(feature = "docs")]
+    let routes = routes.merge(docs::router());
 
     with_middleware(
         routes
