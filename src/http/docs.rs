@@ -96,10 +96,12 @@ static ASSETS: [Asset; 6] = [
     asset!("swagger-ui-bundle.js.LICENSE.txt", TEXT, vendored: true),
 ];
 
-/// The interactive API reference: Swagger UI rendering `/openapi.json`, with
-/// every script and style served by skiff itself (no CDN), so it works
-/// offline. "Try it out" sends real requests to this server.
-#[utoipa::path(get, path = "/docs", tag = "operations",
+/// An interactive API reference rendering this document.
+///
+/// Swagger UI rendering `/openapi.json`, with every script and style served
+/// by skiff itself (no CDN), so it works offline. "Try it out" sends real
+/// requests to this server.
+#[utoipa::path(get, path = "/docs", tag = "operations", operation_id = "docs",
     responses(
         (status = 200, description = "An HTML page that renders /openapi.json. Its scripts and styles are served under /docs/assets/, pre-compressed (brotli or gzip, as the client accepts).",
             content_type = "text/html", body = String,
