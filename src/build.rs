@@ -12,4 +12,6 @@ pub const FEATURES: &[&str] = &[
     "lua",
     #[cfg(feature = "users")]
     "users",
+    #[cfg(feature = "docs")]
+    "docs",
 ];

@@ -295,7 +295,7 @@ async fn a_panicking_handler_is_a_500_problem_and_the_server_lives_on() {
 }
 
 /// `docs/openapi.json` documents the default (full) build.
-#[cfg(all(feature = "ip", feature = "lua", feature = "users"))]
+#[cfg(all(feature = "ip", feature = "lua", feature = "users", feature = "docs"))]
 #[tokio::test]
 async fn the_committed_openapi_document_is_the_generated_one() {
     let app = spawn().await;

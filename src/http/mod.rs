@@ -8,6 +8,8 @@ pub mod middleware;
 pub mod openapi;
 mod time;
 
+#[cfg(feature = "docs")]
+mod docs;
 #[cfg(feature = "ip")]
 mod ip;
 #[cfg(feature = "lua")]
@@ -45,6 +47,8 @@ pub fn router(state: AppState) -> Router {
     let api = api.merge(lua::router());
     #[cfg(feature = "users")]
     let api = api.merge(users::router(&state));
+    #[cfg(feature = "docs")]
+    let api = api.merge(docs::router());
     // Under overload the API sheds load; probes and metrics always answer.
     let api = if config.max_concurrency > 0 {
         let slots = Arc::new(Semaphore::new(config.max_concurrency));

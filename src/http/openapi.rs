@@ -40,6 +40,8 @@ pub fn document() -> Document {
     doc.merge(super::users::Api::openapi());
     doc.merge(super::health::Api::openapi());
     doc.merge(super::metrics::Api::openapi());
+    #[cfg(feature = "docs")]
+    doc.merge(super::docs::Api::openapi());
     doc
 }
 
