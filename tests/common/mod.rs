@@ -101,7 +101,12 @@ impl TestApp {
 /// Asserts that `response` is an RFC 9457 problem with `status`, and returns
 /// its body.
 pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_json::Value {
-    assert_eq!(response.status().as_u16(), status, "status of {}", response.url());
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "status of {}",
+        response.url()
+    );
     assert_eq!(
         response.headers()["content-type"],
         "application/problem+json",
