@@ -123,7 +123,10 @@ impl App {
 
     /// Serves until `shutdown` resolves, then stops accepting, marks
     /// readiness down and gives in-flight requests the grace period to finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let App { state, listener } = self;
         let router = crate::http::router(state.clone());
         let grace = state.config.shutdown_grace;

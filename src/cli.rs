@@ -10,7 +10,11 @@ use crate::app::{App, ServeOptions, shutdown_signal};
 use crate::config::{Config, ConfigFlags, parse_duration};
 
 #[derive(Debug, Parser)]
-#[command(name = "skiff", version, about = "A small web API in one static binary")]
+#[command(
+    name = "skiff",
+    version,
+    about = "A small web API in one static binary"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub flags: ConfigFlags,
@@ -77,7 +81,10 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("skiff: cannot start the async runtime: {e}");
@@ -88,7 +95,8 @@ pub fn run() -> ExitCode {
         match command {
             Command::Serve { no_migrate } => serve(config, ServeOptions { no_migrate }).await,
             Command::Healthcheck { url, timeout } => {
-                let url = url.unwrap_or_else(|| format!("http://127.0.0.1:{}/healthz", config.port));
+                let url =
+                    url.unwrap_or_else(|| format!("http://127.0.0.1:{}/healthz", config.port));
                 match crate::healthcheck::check(&url, timeout).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {

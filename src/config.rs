@@ -356,7 +356,10 @@ impl Config {
 /// both or neither.
 fn credentials(src: &Sources<'_>) -> Result<Option<Credentials>, ConfigError> {
     let user = (src.env)("SKIFF_API_USER").filter(|u| !u.is_empty());
-    let password = match ((src.env)("SKIFF_API_PASSWORD"), (src.env)("SKIFF_API_PASSWORD_FILE")) {
+    let password = match (
+        (src.env)("SKIFF_API_PASSWORD"),
+        (src.env)("SKIFF_API_PASSWORD_FILE"),
+    ) {
         (Some(p), _) if !p.is_empty() => Some(p),
         (_, Some(path)) if !path.is_empty() => {
             let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
@@ -483,7 +486,14 @@ mod tests {
         assert_eq!(parse_size("64kb"), Some(64000));
         assert_eq!(parse_size("16MiB"), Some(16 << 20));
         assert_eq!(parse_size("1GiB"), Some(1 << 30));
-        for bad in ["", "KiB", "12XB", "-1", "1.5MiB", "99999999999999999999999GiB"] {
+        for bad in [
+            "",
+            "KiB",
+            "12XB",
+            "-1",
+            "1.5MiB",
+            "99999999999999999999999GiB",
+        ] {
             assert_eq!(parse_size(bad), None, "{bad:?}");
         }
     }
@@ -514,7 +524,11 @@ mod tests {
         assert_eq!(c.ip_timeout, Duration::from_millis(250));
         let c = load(&ConfigFlags::default(), &[("SKIFF_PORT", "7001")]).unwrap();
         assert_eq!(c.port, 7001);
-        let c = load(&ConfigFlags::default(), &[("PORT", "7000"), ("SKIFF_PORT", "7001")]).unwrap();
+        let c = load(
+            &ConfigFlags::default(),
+            &[("PORT", "7000"), ("SKIFF_PORT", "7001")],
+        )
+        .unwrap();
         assert_eq!(c.port, 7000);
     }
 
@@ -523,9 +537,17 @@ mod tests {
         let e = load(&ConfigFlags::default(), &[("PORT", "eighty")]).unwrap_err();
         assert_eq!(e.name, "PORT");
         assert!(e.to_string().contains("TCP port"), "{e}");
-        let e = load(&ConfigFlags::default(), &[("SKIFF_REQUEST_TIMEOUT", "soon")]).unwrap_err();
+        let e = load(
+            &ConfigFlags::default(),
+            &[("SKIFF_REQUEST_TIMEOUT", "soon")],
+        )
+        .unwrap_err();
         assert_eq!(e.name, "SKIFF_REQUEST_TIMEOUT");
-        let e = load(&ConfigFlags::default(), &[("SKIFF_TIME_ZONE", "Mars/Olympus")]).unwrap_err();
+        let e = load(
+            &ConfigFlags::default(),
+            &[("SKIFF_TIME_ZONE", "Mars/Olympus")],
+        )
+        .unwrap_err();
         assert_eq!(e.name, "SKIFF_TIME_ZONE");
         let flags = ConfigFlags {
             body_limit: Some("lots".into()),
@@ -543,7 +565,10 @@ mod tests {
         assert_eq!(e.name, "SKIFF_API_USER");
         let c = load(
             &ConfigFlags::default(),
-            &[("SKIFF_API_USER", "admin"), ("SKIFF_API_PASSWORD", "hunter2")],
+            &[
+                ("SKIFF_API_USER", "admin"),
+                ("SKIFF_API_PASSWORD", "hunter2"),
+            ],
         )
         .unwrap();
         let creds = c.credentials.unwrap();

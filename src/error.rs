@@ -202,7 +202,10 @@ mod tests {
     fn unauthorized_challenges_basic() {
         let r = Error::Unauthorized.into_response();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], r#"Basic realm="skiff""#);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            r#"Basic realm="skiff""#
+        );
         assert_eq!(r.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
     }
 }

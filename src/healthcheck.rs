@@ -38,7 +38,9 @@ fn split_http_url(url: &str) -> Result<(&str, &str), String> {
 }
 
 async fn get_status(authority: &str, path: &str) -> Result<u16, String> {
-    let addr = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    let addr = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         && !authority.ends_with(']')
     {
         authority.to_string()
@@ -96,7 +98,10 @@ mod tests {
     #[test]
     fn reads_status_lines() {
         assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(parse_status_line(b"HTTP/1.0 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(
+            parse_status_line(b"HTTP/1.0 503 Service Unavailable\r\n"),
+            Some(503)
+        );
         assert_eq!(parse_status_line(b"SSH-2.0-OpenSSH\r\n"), None);
     }
 }

@@ -94,6 +94,12 @@ fn describe() {
     metrics::describe_counter!(IP_CACHE_HITS, "/ip answers served from the cache");
     metrics::describe_counter!(LUA_RUNS, "Lua script runs");
     metrics::describe_counter!(LUA_ERRORS, "Lua script runs that failed, by kind");
-    metrics::describe_counter!(LUA_LIMIT_HITS, "Lua runs stopped by a limit (time or memory)");
-    metrics::describe_gauge!("skiff_build_info", "Build information; the value is always 1");
+    metrics::describe_counter!(
+        LUA_LIMIT_HITS,
+        "Lua runs stopped by a limit (time or memory)"
+    );
+    metrics::describe_gauge!(
+        "skiff_build_info",
+        "Build information; the value is always 1"
+    );
 }

@@ -1207,3 +1207,19 @@ async fn the_openapi_document_covers_the_users_api() {
     assert!(patch_types.contains_key("application/merge-patch+json"));
     assert!(patch_types.contains_key("application/json"));
 }
+
+#[test]
+fn test_database_names_are_swapped_into_server_urls() {
+    assert_eq!(
+        backends::with_database("postgres://u:p@127.0.0.1:5432/postgres", "t1"),
+        "postgres://u:p@127.0.0.1:5432/t1"
+    );
+    assert_eq!(
+        backends::with_database("postgres://u@h:1/postgres?sslmode=disable", "t1"),
+        "postgres://u@h:1/t1?sslmode=disable"
+    );
+    assert_eq!(
+        backends::with_database("postgres://h", "t1"),
+        "postgres://h/t1"
+    );
+}

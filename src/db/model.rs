@@ -203,7 +203,7 @@ pub struct User {
     #[schema(value_type = String, format = "uuid")]
     pub id: UserId,
     /// As sent; unique ignoring case.
-    #[schema(value_type = String, format = Email, max_length = 254)]
+    #[schema(value_type = String, max_length = 254)]
     pub email: Email,
     pub account_enabled: bool,
     #[schema(value_type = String, max_length = 256)]

@@ -27,7 +27,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     #[cfg(feature = "users")]
     state.db.record_pool_metrics();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

@@ -52,13 +52,19 @@ pub async fn time(
 ) -> Result<Json<TimeAnswer>, Error> {
     let Query(query) = query.map_err(|e| Error::bad_request(e.body_text()))?;
     let (tz, name) = match query.tz {
-        None => (state.config.time_zone.clone(), state.config.time_zone_name.clone()),
+        None => (
+            state.config.time_zone.clone(),
+            state.config.time_zone_name.clone(),
+        ),
         Some(name) => match TimeZone::get(&name) {
             Ok(tz) => (tz, name),
             Err(_) => {
                 return Err(Error::BadRequest {
                     detail: format!("unknown time zone {name:?}"),
-                    errors: vec![FieldError::new("tz", "must be an IANA time zone name such as Asia/Tokyo")],
+                    errors: vec![FieldError::new(
+                        "tz",
+                        "must be an IANA time zone name such as Asia/Tokyo",
+                    )],
                 });
             }
         },
@@ -85,15 +91,27 @@ mod tests {
     #[test]
     fn formats_like_the_contract() {
         let ts: Timestamp = "2026-11-23T06:04:05.123Z".parse().unwrap();
-        let a = now_in(ts, TimeZone::get("Asia/Tokyo").unwrap(), "Asia/Tokyo".into());
+        let a = now_in(
+            ts,
+            TimeZone::get("Asia/Tokyo").unwrap(),
+            "Asia/Tokyo".into(),
+        );
         assert_eq!(a.time, "2026-11-23T15:04:05.123+09:00");
         assert_eq!(a.utc_offset, "+09:00");
         assert_eq!(a.abbreviation, "JST");
-        let a = now_in(ts, TimeZone::get("Europe/Paris").unwrap(), "Europe/Paris".into());
+        let a = now_in(
+            ts,
+            TimeZone::get("Europe/Paris").unwrap(),
+            "Europe/Paris".into(),
+        );
         assert_eq!(a.time, "2026-11-23T07:04:05.123+01:00");
         assert_eq!(a.abbreviation, "CET");
         let ts: Timestamp = "2026-07-01T00:00:00Z".parse().unwrap();
-        let a = now_in(ts, TimeZone::get("America/St_Johns").unwrap(), "America/St_Johns".into());
+        let a = now_in(
+            ts,
+            TimeZone::get("America/St_Johns").unwrap(),
+            "America/St_Johns".into(),
+        );
         assert_eq!(a.utc_offset, "-02:30");
         assert_eq!(a.time, "2026-06-30T21:30:00.000-02:30");
     }

@@ -58,7 +58,10 @@ impl IpService {
             let pem = std::fs::read(&path)
                 .map_err(|e| format!("cannot read SSL_CERT_FILE {}: {e}", path.display()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                format!("SSL_CERT_FILE {} holds no PEM certificates: {e}", path.display())
+                format!(
+                    "SSL_CERT_FILE {} holds no PEM certificates: {e}",
+                    path.display()
+                )
             })?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
@@ -80,7 +83,11 @@ impl IpService {
     /// upstream. Concurrent misses wait for the same single upstream call.
     pub async fn public_ip(&self) -> Result<IpAddr, UpstreamError> {
         let pending = {
-            let mut cache = self.0.cache.lock().expect("the cache lock is never poisoned");
+            let mut cache = self
+                .0
+                .cache
+                .lock()
+                .expect("the cache lock is never poisoned");
             match &*cache {
                 Cache::Fresh { ip, until } if Instant::now() < *until => {
                     metrics::counter!(IP_CACHE_HITS).increment(1);
@@ -112,7 +119,11 @@ impl IpService {
 
     /// Caches a good answer; forgets a failure so the next request retries.
     fn settle(&self, result: &Result<IpAddr, UpstreamError>) {
-        let mut cache = self.0.cache.lock().expect("the cache lock is never poisoned");
+        let mut cache = self
+            .0
+            .cache
+            .lock()
+            .expect("the cache lock is never poisoned");
         *cache = match result {
             Ok(ip) if !self.0.ttl.is_zero() => Cache::Fresh {
                 ip: *ip,
@@ -145,7 +156,13 @@ impl IpService {
                 UpstreamError::Unreachable(error_chain(&e))
             }
         };
-        let mut response = self.0.client.get(&self.0.url).send().await.map_err(classify)?;
+        let mut response = self
+            .0
+            .client
+            .get(&self.0.url)
+            .send()
+            .await
+            .map_err(classify)?;
         if !response.status().is_success() {
             return Err(UpstreamError::Status(response.status().as_u16()));
         }

@@ -13,9 +13,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use utoipa::openapi::schema::{
-    AdditionalProperties, KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type,
-};
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
 use utoipa::openapi::{RefOr, schema::SchemaType};
 
 use crate::app::AppState;
@@ -358,7 +356,6 @@ fn body_schema(patch: bool) -> Schema {
             "email",
             ObjectBuilder::new()
                 .schema_type(SchemaType::from(Type::String))
-                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email)))
                 .min_length(Some(3))
                 .max_length(Some(MAX_EMAIL_CHARS))
                 .pattern(Some(EMAIL_PATTERN))
