@@ -41,6 +41,7 @@ both_backends!(
     two_writers_with_one_if_match_cannot_both_win,
     a_body_over_the_limit_is_413,
     readiness_and_metrics_report_the_database,
+    two_replicas_share_one_database,
 );
 
 const ADA: &str = r#"{"email":"Ada@Example.com","accountEnabled":true,"displayName":"Ada Lovelace","givenName":"Ada","surname":"Lovelace","companyName":"Analytical Engines"}"#;
@@ -1142,6 +1143,62 @@ async fn readiness_and_metrics_report_the_database(db: &TestDb) {
     ] {
         assert!(text.contains(&sample), "{sample} in\n{text}");
     }
+}
+
+async fn two_replicas_share_one_database(db: &TestDb) {
+    // Both start (and migrate) at once.
+    let (a, b) = tokio::join!(db.spawn(), db.spawn());
+    let u = create(&a, "shared@example.com").await;
+    assert_eq!(
+        fetch(&b, u.id()).await,
+        (200, Some(u.etag.clone()), u.user.clone())
+    );
+    assert_problem(post(&b, json!({"email":"SHARED@example.com"})).await, 409).await;
+    let path = format!("/users/{}", u.id());
+    let r = send(
+        &b,
+        Method::PATCH,
+        &path,
+        "application/merge-patch+json",
+        &json!({"surname":"B"}),
+    )
+    .header("if-match", &u.etag)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = send(
+        &a,
+        Method::PATCH,
+        &path,
+        "application/merge-patch+json",
+        &json!({"surname":"A"}),
+    )
+    .header("if-match", &u.etag)
+    .send()
+    .await
+    .unwrap();
+    assert_problem(r, 412).await;
+    assert_eq!(fetch(&a, u.id()).await.2["surname"], "B");
+}
+
+#[tokio::test]
+async fn an_in_memory_sqlite_database_works() {
+    let (mut config, dir) = common::test_config();
+    config.database_url = "sqlite::memory:".into();
+    let app = common::spawn_with(config, dir).await;
+    let u = create(&app, "mem@example.com").await;
+    assert_eq!(fetch(&app, u.id()).await.0, 200);
+    let r = patch(&app, u.id(), json!({"surname":"M"})).await;
+    assert_eq!(r.status(), 200);
+    let listed: Value = app.get("/users").await.json().await.unwrap();
+    assert_eq!(listed[0]["surname"], "M");
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    assert_eq!(
+        std::fs::read_dir(app.dir.path()).unwrap().count(),
+        0,
+        "no file is written"
+    );
 }
 
 /// The OpenAPI document covers every users route, status and schema.

@@ -8,6 +8,7 @@
 //! an answer is only sent after its write is on disk (`synchronous=FULL`
 //! syncs the WAL on every commit), and one sync is shared by a whole batch.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -296,36 +297,108 @@ async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>, stop: onesh
     }
 }
 
-/// Runs `ops` in one transaction. A rejected write (duplicate email, no such
-/// user, precondition) only fails itself; a database error rolls the whole
-/// batch back and fails every write in it, so nothing unsynced is ever
-/// acknowledged.
+/// Runs `ops` in one transaction, in order. A rejected write (duplicate
+/// email, no such user, precondition) only fails itself; a database error
+/// rolls the whole batch back and fails every write in it, so nothing
+/// unsynced is ever acknowledged.
 async fn run_batch(pool: &SqlitePool, ops: Vec<Op>) -> Result<Vec<Reply>, DbError> {
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let mut answers = Vec::with_capacity(ops.len());
-    for op in ops {
+    let mut answers: Vec<Option<Reply>> = ops.iter().map(|_| None).collect();
+    // Consecutive creates are inserted by one statement.
+    let mut creates: Vec<(usize, User)> = Vec::new();
+    for (i, op) in ops.into_iter().enumerate() {
         let answer = match op {
-            Op::Create(user) => insert(&mut tx, &user).await.map(|()| Some(user)),
+            Op::Create(user) => {
+                creates.push((i, user));
+                continue;
+            }
             Op::Update {
                 id,
                 versions,
                 patch,
                 now,
-            } => update(&mut tx, id, versions.as_deref(), &patch, now)
-                .await
-                .map(Some),
-            Op::Delete { id, versions } => delete(&mut tx, id, versions.as_deref())
-                .await
-                .map(|()| None),
+            } => {
+                insert_all(&mut tx, &mut creates, &mut answers).await?;
+                update(&mut tx, id, versions.as_deref(), &patch, now)
+                    .await
+                    .map(Some)
+            }
+            Op::Delete { id, versions } => {
+                insert_all(&mut tx, &mut creates, &mut answers).await?;
+                delete(&mut tx, id, versions.as_deref())
+                    .await
+                    .map(|()| None)
+            }
         };
         if let Err(WriteError::Db(e)) = &answer {
             return Err(e.clone());
         }
-        answers.push(answer);
+        answers[i] = Some(answer);
     }
+    insert_all(&mut tx, &mut creates, &mut answers).await?;
     tx.commit().await?;
-    Ok(answers)
+    Ok(answers
+        .into_iter()
+        .map(|a| a.expect("every write of the batch is answered"))
+        .collect())
+}
+
+/// Inserts `creates` (and empties it) with one statement: the rows travel
+/// as one JSON array, so a batch of creates costs one round trip to the
+/// SQLite thread, not one each. A row whose email is taken (by a stored
+/// user or an earlier row of the batch) is skipped by `ON CONFLICT DO
+/// NOTHING` and missing from `RETURNING`: that create gets a 409.
+async fn insert_all(
+    conn: &mut SqliteConnection,
+    creates: &mut Vec<(usize, User)>,
+    answers: &mut [Option<Reply>],
+) -> Result<(), DbError> {
+    if creates.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = creates
+        .iter()
+        .map(|(_, u)| {
+            serde_json::json!({
+                "id": u.id.as_uuid().simple().to_string(),
+                "email": u.email.as_str(),
+                "key": u.email.key(),
+                "enabled": u.account_enabled,
+                "displayName": u.display_name.as_str(),
+                "givenName": u.given_name.as_str(),
+                "surname": u.surname.as_str(),
+                "companyName": u.company_name.as_str(),
+                "version": u.version,
+                "createdAt": u.created_at.as_millis(),
+                "updatedAt": u.updated_at.as_millis(),
+            })
+        })
+        .collect();
+    // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join clause.
+    let inserted: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO users (id, email, email_key, account_enabled, display_name, given_name, \
+         surname, company_name, version, created_at, updated_at) \
+         SELECT unhex(value ->> 'id'), value ->> 'email', value ->> 'key', \
+                value ->> 'enabled', value ->> 'displayName', value ->> 'givenName', \
+                value ->> 'surname', value ->> 'companyName', value ->> 'version', \
+                value ->> 'createdAt', value ->> 'updatedAt' \
+         FROM json_each(?1) WHERE true \
+         ON CONFLICT DO NOTHING \
+         RETURNING id",
+    )
+    .bind(serde_json::Value::Array(rows).to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    let inserted: HashSet<uuid::Uuid> = inserted.into_iter().collect();
+    for (i, user) in creates.drain(..) {
+        answers[i] = Some(if inserted.contains(&user.id.as_uuid()) {
+            Ok(Some(user))
+        } else {
+            Err(WriteError::DuplicateEmail)
+        });
+    }
+    Ok(())
 }
 
 fn write_error(e: sqlx::Error) -> WriteError {
@@ -334,29 +407,6 @@ fn write_error(e: sqlx::Error) -> WriteError {
     } else {
         e.into()
     }
-}
-
-async fn insert(conn: &mut SqliteConnection, user: &User) -> Result<(), WriteError> {
-    sqlx::query(
-        "INSERT INTO users (id, email, email_key, account_enabled, display_name, given_name, \
-         surname, company_name, version, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(user.id.as_uuid())
-    .bind(user.email.as_str())
-    .bind(user.email.key())
-    .bind(user.account_enabled)
-    .bind(user.display_name.as_str())
-    .bind(user.given_name.as_str())
-    .bind(user.surname.as_str())
-    .bind(user.company_name.as_str())
-    .bind(user.version)
-    .bind(user.created_at.as_millis())
-    .bind(user.updated_at.as_millis())
-    .execute(conn)
-    .await
-    .map_err(write_error)?;
-    Ok(())
 }
 
 async fn update(

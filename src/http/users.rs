@@ -34,9 +34,19 @@ use preconditions::{etag, if_match_versions, none_match_fails};
     ),
     components(schemas(User, UserInput, UserMergePatch)),
     modifiers(&BasicAuth),
-    tags((name = "users", description = "Users, stored in SQLite or PostgreSQL. When the server \
-        is configured with credentials (SKIFF_API_USER and SKIFF_API_PASSWORD), every users \
-        route requires them as HTTP Basic authentication."))
+    tags((name = "users", description = "Users, stored in SQLite or PostgreSQL.\n\n\
+        - When the server is configured with credentials (SKIFF_API_USER and SKIFF_API_PASSWORD), \
+        every users route, the `?id=` routes on `/` included, requires them as HTTP Basic \
+        authentication.\n\
+        - Every answer carrying one user has a strong `ETag`, `\"{id}.{version}\"`; every write \
+        (even one that changes no field) makes a new version. `If-Match` on PUT, PATCH and \
+        DELETE is checked atomically with the write: `412` when it does not match.\n\
+        - Bodies: `400` for malformed JSON, a wrong JSON type (including `null` for a field of \
+        a create or replace) or an unknown field; `422` for a missing, bad or too long email \
+        or a too long name; `415` without a JSON `Content-Type`. Each lists `errors`, one per \
+        field. `id`, `createdAt` and `updatedAt` in a body are ignored.\n\
+        - Lists are in creation order (UUIDv7 order; across replicas, up to their clock skew) \
+        and paged with `?after=` and the `Link` header."))
 )]
 pub struct Api;
 
@@ -161,7 +171,7 @@ fn write_error(id: Option<UserId>, e: WriteError) -> Error {
     }
 }
 
-/// `200` (or `201`) with the user, its ETag, and any extra headers.
+/// The user as the body, with its ETag.
 fn with_user(status: StatusCode, user: User) -> Response {
     (status, [(header::ETAG, etag(&user))], Json(user)).into_response()
 }
@@ -256,9 +266,9 @@ async fn create(state: &AppState, fields: UserFields) -> Result<Response, Error>
         .create_user(fields)
         .await
         .map_err(|e| write_error(None, e))?;
-    let mut response = with_user(StatusCode::CREATED, user.clone());
     let location =
         HeaderValue::from_str(&format!("/users/{}", user.id)).expect("a path of ASCII parts");
+    let mut response = with_user(StatusCode::CREATED, user);
     response.headers_mut().insert(header::LOCATION, location);
     Ok(response)
 }
@@ -277,7 +287,7 @@ async fn create(state: &AppState, fields: UserFields) -> Result<Response, Error>
         (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value: a bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json",
+        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json",
             example = json!({"type":"about:blank","title":"Unprocessable Entity","status":422,"detail":"the request has invalid fields","errors":[{"field":"email","message":"must look like an address: local@domain, without spaces"}]})),
     ))]
 async fn create_user(
@@ -358,7 +368,7 @@ async fn update(
         (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn replace_user(
     _: Authorized,
@@ -392,7 +402,7 @@ async fn replace_user(
         (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is missing or not a JSON (merge patch) type; see Accept-Patch", body = crate::error::Problem, content_type = "application/problem+json",
             headers(("Accept-Patch" = String, description = "The media types PATCH accepts"))),
-        (status = 422, description = "A well-typed but invalid value, or `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-typed but invalid value: a bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn patch_user(
     _: Authorized,
@@ -477,7 +487,7 @@ async fn root_get(
         (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn root_post(
     _: Authorized,
@@ -505,7 +515,7 @@ async fn root_post(
         (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn root_put(
     _: Authorized,
