@@ -4,6 +4,8 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=SKIFF_GIT_COMMIT");
+    // `sqlx::migrate!` embeds migrations/; a new file there must rebuild.
+    println!("cargo:rerun-if-changed=migrations");
     for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
         if std::path::Path::new(path).exists() {
             println!("cargo:rerun-if-changed={path}");

@@ -1,16 +1,19 @@
-//! `skiff migrate` and `skiff db …` (placeholder; see the users issue).
+//! `skiff migrate` and `skiff db create|drop|status|schema`, for either back
+//! end. Results go to stdout, errors to stderr with exit code 1.
 
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use sqlx::migrate::MigrateDatabase;
 
+use super::{Applied, Backend, DbError, MigrationState, MigrationStatus, postgres, sqlite};
 use crate::config::Config;
 
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
-    /// Create the database.
+    /// Create the database (SQLite: the file; PostgreSQL: the database).
     Create,
-    /// Drop the database.
+    /// Drop the database (SQLite: the file and its WAL; PostgreSQL: the database).
     Drop,
     /// Show applied and pending migrations.
     Status,
@@ -18,10 +21,200 @@ pub enum DbCommand {
     Schema,
 }
 
-pub async fn migrate(_config: &Config) -> ExitCode {
-    ExitCode::FAILURE
+/// Applies pending migrations and lists the ones this run applied.
+pub async fn migrate(config: &Config) -> ExitCode {
+    let url = &config.database_url;
+    report(
+        "migrate",
+        apply(url).await.map(|applied| {
+            for a in &applied {
+                println!(
+                    "applied {} {} ({} ms)",
+                    a.version,
+                    a.description,
+                    a.elapsed.as_millis()
+                );
+            }
+            if applied.is_empty() {
+                println!("{}: no pending migrations", describe(url));
+            } else {
+                println!("{}: {} migration(s) applied", describe(url), applied.len());
+            }
+        }),
+    )
 }
 
-pub async fn run(_command: DbCommand, _config: &Config) -> ExitCode {
-    ExitCode::FAILURE
+pub async fn run(command: DbCommand, config: &Config) -> ExitCode {
+    let url = &config.database_url;
+    let name = match command {
+        DbCommand::Create => "db create",
+        DbCommand::Drop => "db drop",
+        DbCommand::Status => "db status",
+        DbCommand::Schema => "db schema",
+    };
+    let result = match command {
+        DbCommand::Create => create(url).await.map(|created| {
+            let state = if created { "created" } else { "already exists" };
+            println!("{}: {state}", describe(url));
+        }),
+        DbCommand::Drop => drop(url).await.map(|dropped| {
+            let state = if dropped { "dropped" } else { "does not exist" };
+            println!("{}: {state}", describe(url));
+        }),
+        DbCommand::Status => status(url).await.map(|rows| {
+            println!("{}", describe(url));
+            print!("{}", status_table(&rows));
+        }),
+        DbCommand::Schema => schema(url).await.map(|text| print!("{text}")),
+    };
+    report(name, result)
+}
+
+fn report(command: &str, result: Result<(), DbError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiff {command}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the database is, without a password.
+fn describe(url: &str) -> String {
+    match Backend::of(url) {
+        Ok(Backend::Postgres) => postgres::describe(url),
+        Ok(Backend::Sqlite) => match sqlite::file(url) {
+            Ok(Some(path)) => format!("SQLite database {}", path.display()),
+            _ => "in-memory SQLite database".into(),
+        },
+        Err(_) => "database".into(),
+    }
+}
+
+async fn apply(url: &str) -> Result<Vec<Applied>, DbError> {
+    match Backend::of(url)? {
+        Backend::Sqlite => {
+            let pool = sqlite::admin_pool(url, true).await?;
+            let applied = sqlite::apply_migrations(&pool).await;
+            pool.close().await;
+            applied
+        }
+        Backend::Postgres => postgres::apply_migrations(&postgres::options(url)?).await,
+    }
+}
+
+async fn create(url: &str) -> Result<bool, DbError> {
+    match Backend::of(url)? {
+        Backend::Sqlite => sqlite::create(url).await,
+        Backend::Postgres => {
+            if sqlx::Postgres::database_exists(url).await? {
+                return Ok(false);
+            }
+            sqlx::Postgres::create_database(url).await?;
+            Ok(true)
+        }
+    }
+}
+
+async fn drop(url: &str) -> Result<bool, DbError> {
+    match Backend::of(url)? {
+        Backend::Sqlite => sqlite::drop(url),
+        Backend::Postgres => {
+            if !sqlx::Postgres::database_exists(url).await? {
+                return Ok(false);
+            }
+            sqlx::Postgres::drop_database(url).await?;
+            Ok(true)
+        }
+    }
+}
+
+async fn status(url: &str) -> Result<Vec<MigrationStatus>, DbError> {
+    match Backend::of(url)? {
+        Backend::Sqlite => {
+            let pool = sqlite::admin_pool(url, false).await?;
+            let status = sqlite::migration_status(&pool).await;
+            pool.close().await;
+            status
+        }
+        Backend::Postgres => {
+            let pool = postgres::pool(&postgres::options(url)?, 1).await?;
+            let status = postgres::migration_status(&pool).await;
+            pool.close().await;
+            status
+        }
+    }
+}
+
+async fn schema(url: &str) -> Result<String, DbError> {
+    match Backend::of(url)? {
+        Backend::Sqlite => {
+            let pool = sqlite::admin_pool(url, false).await?;
+            let schema = sqlite::schema(&pool).await;
+            pool.close().await;
+            schema
+        }
+        Backend::Postgres => {
+            let pool = postgres::pool(&postgres::options(url)?, 1).await?;
+            let schema = postgres::schema(&pool).await;
+            pool.close().await;
+            schema
+        }
+    }
+}
+
+/// One line per migration: version, state, when it was applied, description.
+fn status_table(rows: &[MigrationStatus]) -> String {
+    let mut out = format!(
+        "{:<8} {:<9} {:<26} {}\n",
+        "VERSION", "STATE", "APPLIED AT", "DESCRIPTION"
+    );
+    for row in rows {
+        let (state, at) = match &row.state {
+            MigrationState::Applied { installed_on } => ("applied", installed_on.as_str()),
+            MigrationState::Pending => ("pending", "-"),
+            MigrationState::Modified { installed_on } => ("MODIFIED", installed_on.as_str()),
+            MigrationState::Failed => ("FAILED", "-"),
+            MigrationState::Unknown { installed_on } => ("UNKNOWN", installed_on.as_str()),
+        };
+        out.push_str(&format!(
+            "{:<8} {:<9} {:<26} {}\n",
+            row.version, state, at, row.description
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_table_shows_each_state() {
+        let row = |version, state| MigrationStatus {
+            version,
+            description: format!("step {version}"),
+            state,
+        };
+        let table = status_table(&[
+            row(
+                1,
+                MigrationState::Applied {
+                    installed_on: "2026-11-23 06:00:00".into(),
+                },
+            ),
+            row(2, MigrationState::Pending),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(
+            lines[1].starts_with("1 ") && lines[1].contains("applied"),
+            "{table}"
+        );
+        assert!(
+            lines[2].contains("pending") && lines[2].ends_with("step 2"),
+            "{table}"
+        );
+    }
 }

@@ -8,14 +8,18 @@ use utoipa::OpenApi;
 
 use crate::app::AppState;
 
+// With the users feature, `GET /` also serves the `?id=` compatibility
+// route, so `http::users` routes and documents it (and calls [`root`]).
 #[derive(OpenApi)]
-#[openapi(paths(root, hello))]
+#[cfg_attr(not(feature = "users"), openapi(paths(root, hello)))]
+#[cfg_attr(feature = "users", openapi(paths(hello)))]
 pub struct Api;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(root))
-        .route("/hello", get(hello))
+    let router = Router::new().route("/hello", get(hello));
+    #[cfg(not(feature = "users"))]
+    let router = router.route("/", get(root));
+    router
 }
 
 const LANDING: &str = r#"<!doctype html>

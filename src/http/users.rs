@@ -1,14 +1,587 @@
-//! `/users` (placeholder; see the users issue).
+//! `/users`: the users REST API, and the `?id=` compatibility routes on `/`.
+//!
+//! Handlers are short: the edge parses (auth, id, body, conditions) into
+//! domain types, [`crate::db::Db`] does the one atomic step, and the answer
+//! carries the user with its ETag.
 
-use axum::Router;
-use utoipa::OpenApi;
+mod auth;
+mod body;
+mod preconditions;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use crate::app::AppState;
+use crate::db::{DbError, PageQuery, User, UserFields, UserId, UserPatch, WriteError, model};
+use crate::error::{Error, FieldError};
+
+use auth::Authorized;
+use body::{JsonBody, UserInput, UserMergePatch};
+use preconditions::{etag, if_match_versions, none_match_fails};
 
 #[derive(OpenApi)]
-#[openapi()]
+#[openapi(
+    paths(
+        list_users, create_user, get_user, replace_user, patch_user, delete_user,
+        root_get, root_post, root_put, root_delete
+    ),
+    components(schemas(User, UserInput, UserMergePatch)),
+    modifiers(&BasicAuth),
+    tags((name = "users", description = "Users, stored in SQLite or PostgreSQL.\n\n\
+        - When the server is configured with credentials (SKIFF_API_USER and SKIFF_API_PASSWORD), \
+        every users route, the `?id=` routes on `/` included, requires them as HTTP Basic \
+        authentication.\n\
+        - Every answer carrying one user has a strong `ETag`, `\"{id}.{version}\"`; every write \
+        (even one that changes no field) makes a new version. `If-Match` on PUT, PATCH and \
+        DELETE is checked atomically with the write: `412` when it does not match.\n\
+        - Bodies: `400` for malformed JSON, a wrong JSON type (including `null` for a field of \
+        a create or replace) or an unknown field; `422` for a missing, bad or too long email \
+        or a too long name; `415` without a JSON `Content-Type`. Each lists `errors`, one per \
+        field. `id`, `createdAt` and `updatedAt` in a body are ignored.\n\
+        - Lists are in creation order (UUIDv7 order; across replicas, up to their clock skew) \
+        and paged with `?after=` and the `Link` header."))
+)]
 pub struct Api;
+
+/// Declares the optional `basic` security scheme.
+struct BasicAuth;
+
+impl Modify for BasicAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "Required on the users routes when the server has credentials configured",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 pub fn router(_state: &AppState) -> Router<AppState> {
     Router::new()
+        .route("/users", get(list_users).post(create_user))
+        .route(
+            "/users/{id}",
+            get(get_user)
+                .put(replace_user)
+                .patch(patch_user)
+                .delete(delete_user),
+        )
+        .route(
+            "/",
+            get(root_get)
+                .post(root_post)
+                .put(root_put)
+                .delete(root_delete),
+        )
+}
+
+/// Default and largest page size of the list.
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+/// A user id taken from the path; a malformed one is simply not found.
+struct PathId(UserId);
+
+impl FromRequestParts<AppState> for PathId {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let text = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(text)| text)
+            .unwrap_or_default();
+        parse_id(&text).map(PathId)
+    }
+}
+
+/// A user id taken from `?id=` (the compatibility routes): required.
+struct QueryId(UserId);
+
+impl FromRequestParts<AppState> for QueryId {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Error> {
+        match first_param(&parts.uri, "id") {
+            Some(text) => parse_id(&text).map(QueryId),
+            None => Err(Error::BadRequest {
+                detail: "the id query parameter is required".into(),
+                errors: vec![FieldError::new("id", "is required")],
+            }),
+        }
+    }
+}
+
+fn parse_id(text: &str) -> Result<UserId, Error> {
+    UserId::parse(text).ok_or_else(|| Error::NotFound(format!("no user with id {text:?}")))
+}
+
+/// The query's name/value pairs, percent-decoded, in order.
+fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+    Query::try_from_uri(uri)
+        .map(|Query(pairs)| pairs)
+        .unwrap_or_default()
+}
+
+/// The first value of query parameter `name`.
+fn first_param(uri: &Uri, name: &str) -> Option<String> {
+    query_pairs(uri)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+fn db_error(e: DbError) -> Error {
+    tracing::error!(error = %e, "database error");
+    match e {
+        DbError::Unavailable(_) => Error::Unavailable {
+            detail: "the database is unavailable; try again".into(),
+            retry_after: Some(1),
+        },
+        _ => Error::Internal("a database error happened; it has been logged".into()),
+    }
+}
+
+fn write_error(id: Option<UserId>, e: WriteError) -> Error {
+    match e {
+        WriteError::NotFound => Error::NotFound(match id {
+            Some(id) => format!("no user with id {id}"),
+            None => "no such user".into(),
+        }),
+        WriteError::PreconditionFailed => Error::PreconditionFailed(
+            "the user has changed since: its ETag no longer matches If-Match".into(),
+        ),
+        WriteError::DuplicateEmail => {
+            Error::Conflict("a user with this email already exists (ignoring case)".into())
+        }
+        WriteError::Db(e) => db_error(e),
+    }
+}
+
+/// The user as the body, with its ETag.
+fn with_user(status: StatusCode, user: User) -> Response {
+    (status, [(header::ETAG, etag(&user))], Json(user)).into_response()
+}
+
+/// The list's query, parsed: each bad parameter is named in `errors`.
+fn page_query(pairs: &[(String, String)]) -> Result<(PageQuery, u32), Error> {
+    let first = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let mut errors = Vec::new();
+    let limit = match first("limit") {
+        None => DEFAULT_LIMIT,
+        Some(text) => match text.parse::<u32>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                errors.push(FieldError::new(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_LIMIT}"),
+                ));
+                DEFAULT_LIMIT
+            }
+        },
+    };
+    let after = match first("after") {
+        None => UserId::MIN,
+        Some(text) => UserId::parse(text).unwrap_or_else(|| {
+            errors.push(FieldError::new("after", "must be a user id (a UUID)"));
+            UserId::MIN
+        }),
+    };
+    if !errors.is_empty() {
+        return Err(Error::BadRequest {
+            detail: "the query has invalid parameters".into(),
+            errors,
+        });
+    }
+    let page = PageQuery {
+        after,
+        // One more than asked tells whether another page follows.
+        limit: limit + 1,
+        email_key: first("email").map(model::email_key),
+    };
+    Ok((page, limit))
+}
+
+/// List users in creation order, a page at a time.
+#[utoipa::path(get, path = "/users", tag = "users",
+    security((), ("basic" = [])),
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000,
+            description = "Page size, 1 to 1000 (default 100)"),
+        ("after" = Option<String>, Query, format = "uuid",
+            description = "Cursor: only users created after the user with this id, whether or not it still exists"),
+        ("email" = Option<String>, Query,
+            description = "Only the user with this email, compared ignoring case"),
+    ),
+    responses(
+        (status = 200, description = "Users in creation order. When more remain, a `Link` \
+            header gives the next page", body = [User],
+            headers(("Link" = String, description = "`</users?limit=N&after=ID>; rel=\"next\"` (RFC 8288), only when more users remain"))),
+        (status = 400, description = "`limit` outside 1..1000 or a malformed `after`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_users(
+    _: Authorized,
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, Error> {
+    let Query(pairs) = query.map_err(|e| Error::bad_request(e.body_text()))?;
+    let (page, limit) = page_query(&pairs)?;
+    let mut users = state.db.users(&page).await.map_err(db_error)?;
+    let more = users.len() > limit as usize;
+    users.truncate(limit as usize);
+    let mut response = Json(&users).into_response();
+    // The email filter matches one user at most, so it never has a next page.
+    if let (true, Some(last)) = (more, users.last()) {
+        let link = format!("</users?limit={limit}&after={}>; rel=\"next\"", last.id);
+        response.headers_mut().insert(
+            header::LINK,
+            HeaderValue::from_str(&link).expect("a link of ASCII parts"),
+        );
+    }
+    Ok(response)
+}
+
+async fn create(state: &AppState, fields: UserFields) -> Result<Response, Error> {
+    let user = state
+        .db
+        .create_user(fields)
+        .await
+        .map_err(|e| write_error(None, e))?;
+    let location =
+        HeaderValue::from_str(&format!("/users/{}", user.id)).expect("a path of ASCII parts");
+    let mut response = with_user(StatusCode::CREATED, user);
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
+/// Create a user.
+#[utoipa::path(post, path = "/users", tag = "users",
+    security((), ("basic" = [])),
+    request_body(content = UserInput, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created: the stored user", body = User,
+            headers(("Location" = String, description = "`/users/{id}` of the new user"),
+                    ("ETag" = String, description = "Strong entity tag of this version"))),
+        (status = 400, description = "Malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json",
+            example = json!({"type":"about:blank","title":"Bad Request","status":400,"detail":"the body has fields of the wrong type or unknown fields","errors":[{"field":"nickname","message":"unknown field"}]})),
+        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json",
+            example = json!({"type":"about:blank","title":"Unprocessable Entity","status":422,"detail":"the request has invalid fields","errors":[{"field":"email","message":"must look like an address: local@domain, without spaces"}]})),
+    ))]
+async fn create_user(
+    _: Authorized,
+    State(state): State<AppState>,
+    JsonBody(fields): JsonBody<UserFields>,
+) -> Result<Response, Error> {
+    create(&state, fields).await
+}
+
+async fn show(state: &AppState, id: UserId, headers: &HeaderMap) -> Result<Response, Error> {
+    let user = state
+        .db
+        .user(id)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| write_error(Some(id), WriteError::NotFound))?;
+    if none_match_fails(headers, &user) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag(&user))]).into_response());
+    }
+    Ok(with_user(StatusCode::OK, user))
+}
+
+/// Get a user.
+#[utoipa::path(get, path = "/users/{id}", tag = "users",
+    security((), ("basic" = [])),
+    params(
+        ("id" = String, Path, description = "The user's id"),
+        ("If-None-Match" = Option<String>, Header, description = "ETags the client has; a match gives 304"),
+    ),
+    responses(
+        (status = 200, description = "The user", body = User,
+            headers(("ETag" = String, description = "Strong entity tag of this version"))),
+        (status = 304, description = "Not modified: `If-None-Match` matched",
+            headers(("ETag" = String, description = "Strong entity tag of this version"))),
+        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No user has this id (or it is malformed)", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_user(
+    _: Authorized,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    show(&state, id, &headers).await
+}
+
+async fn update(
+    state: &AppState,
+    id: UserId,
+    headers: &HeaderMap,
+    patch: UserPatch,
+) -> Result<Response, Error> {
+    let versions = if_match_versions(headers, id);
+    let user = state
+        .db
+        .update_user(id, versions.as_deref(), patch)
+        .await
+        .map_err(|e| write_error(Some(id), e))?;
+    Ok(with_user(StatusCode::OK, user))
+}
+
+/// Replace a user (all its fields; absent optional ones get their defaults).
+#[utoipa::path(put, path = "/users/{id}", tag = "users",
+    security((), ("basic" = [])),
+    params(
+        ("id" = String, Path, description = "The user's id"),
+        ("If-Match" = Option<String>, Header, description = "Only replace if the user's current ETag is one of these"),
+    ),
+    request_body(content = UserInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The stored user", body = User,
+            headers(("ETag" = String, description = "Strong entity tag of the new version"))),
+        (status = 400, description = "Malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No user has this id: PUT never creates", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn replace_user(
+    _: Authorized,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    JsonBody(fields): JsonBody<UserFields>,
+) -> Result<Response, Error> {
+    update(&state, id, &headers, fields.into()).await
+}
+
+/// Change some fields of a user with a JSON merge patch (RFC 7396).
+#[utoipa::path(patch, path = "/users/{id}", tag = "users",
+    security((), ("basic" = [])),
+    params(
+        ("id" = String, Path, description = "The user's id"),
+        ("If-Match" = Option<String>, Header, description = "Only change if the user's current ETag is one of these"),
+    ),
+    request_body(content(
+        (UserMergePatch = "application/merge-patch+json"),
+        (UserMergePatch = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "The stored user", body = User,
+            headers(("ETag" = String, description = "Strong entity tag of the new version"))),
+        (status = 400, description = "Malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is missing or not a JSON (merge patch) type; see Accept-Patch", body = crate::error::Problem, content_type = "application/problem+json",
+            headers(("Accept-Patch" = String, description = "The media types PATCH accepts"))),
+        (status = 422, description = "A well-typed but invalid value: a bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn patch_user(
+    _: Authorized,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    JsonBody(patch): JsonBody<UserPatch>,
+) -> Result<Response, Error> {
+    update(&state, id, &headers, patch).await
+}
+
+async fn remove(state: &AppState, id: UserId, headers: &HeaderMap) -> Result<Response, Error> {
+    let versions = if_match_versions(headers, id);
+    state
+        .db
+        .delete_user(id, versions.as_deref())
+        .await
+        .map_err(|e| write_error(Some(id), e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Delete a user.
+#[utoipa::path(delete, path = "/users/{id}", tag = "users",
+    security((), ("basic" = [])),
+    params(
+        ("id" = String, Path, description = "The user's id"),
+        ("If-Match" = Option<String>, Header, description = "Only delete if the user's current ETag is one of these"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn delete_user(
+    _: Authorized,
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    remove(&state, id, &headers).await
+}
+
+/// `Hello World` (a landing page for browsers); with `?id=`, the user, as
+/// `GET /users/{id}` (for clients of the original `?id=` API).
+#[utoipa::path(get, path = "/", tag = "demo",
+    security((), ("basic" = [])),
+    params(
+        ("id" = Option<String>, Query, description = "A user id: answers as GET /users/{id} (credentials needed when configured)"),
+        ("If-None-Match" = Option<String>, Header, description = "With `id`: ETags the client has; a match gives 304"),
+    ),
+    responses(
+        (status = 200, description = "Without `id`: `Hello World` as text/plain, or an HTML landing page when the Accept header prefers text/html. With `id`: the user, with its ETag",
+            content((String = "text/plain", example = "Hello World"), (String = "text/html"), (User = "application/json")),
+            headers(("ETag" = String, description = "With `id`: strong entity tag of this version"))),
+        (status = 304, description = "With `id`: not modified, `If-None-Match` matched"),
+        (status = 401, description = "With `id`: credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "With `id`: no user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn root_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, Error> {
+    let Some(id) = first_param(&uri, "id") else {
+        return Ok(super::demo::root(headers).await);
+    };
+    auth::check(state.config.credentials.as_ref(), &headers)?;
+    show(&state, parse_id(&id)?, &headers).await
+}
+
+/// Create a user, as `POST /users` (for clients of the original API).
+#[utoipa::path(post, path = "/", tag = "users",
+    security((), ("basic" = [])),
+    request_body(content = UserInput, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created: the stored user", body = User,
+            headers(("Location" = String, description = "`/users/{id}` of the new user"),
+                    ("ETag" = String, description = "Strong entity tag of this version"))),
+        (status = 400, description = "Malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn root_post(
+    _: Authorized,
+    State(state): State<AppState>,
+    JsonBody(fields): JsonBody<UserFields>,
+) -> Result<Response, Error> {
+    create(&state, fields).await
+}
+
+/// Replace a user, as `PUT /users/{id}` (for clients of the original API).
+#[utoipa::path(put, path = "/", tag = "users",
+    security((), ("basic" = [])),
+    params(
+        ("id" = String, Query, description = "The user's id"),
+        ("If-Match" = Option<String>, Header, description = "Only replace if the user's current ETag is one of these"),
+    ),
+    request_body(content = UserInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The stored user", body = User,
+            headers(("ETag" = String, description = "Strong entity tag of the new version"))),
+        (status = 400, description = "No `id`, malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn root_put(
+    _: Authorized,
+    State(state): State<AppState>,
+    QueryId(id): QueryId,
+    headers: HeaderMap,
+    JsonBody(fields): JsonBody<UserFields>,
+) -> Result<Response, Error> {
+    update(&state, id, &headers, fields.into()).await
+}
+
+/// Delete a user, as `DELETE /users/{id}` (for clients of the original API).
+#[utoipa::path(delete, path = "/", tag = "users",
+    security((), ("basic" = [])),
+    params(
+        ("id" = String, Query, description = "The user's id"),
+        ("If-Match" = Option<String>, Header, description = "Only delete if the user's current ETag is one of these"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "No `id`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn root_delete(
+    _: Authorized,
+    State(state): State<AppState>,
+    QueryId(id): QueryId,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    remove(&state, id, &headers).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(query: &str) -> Vec<(String, String)> {
+        query_pairs(&format!("/?{query}").parse().unwrap())
+    }
+
+    #[test]
+    fn the_page_query_has_defaults_and_bounds() {
+        let (page, limit) = page_query(&pairs("")).unwrap();
+        assert_eq!((limit, page.limit, page.after), (100, 101, UserId::MIN));
+        assert_eq!(page_query(&pairs("limit=1000")).unwrap().1, 1000);
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=-1",
+            "limit=ten",
+            "limit=",
+            "after=nope",
+        ] {
+            let e = page_query(&pairs(bad)).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+        let (page, _) = page_query(&pairs("email=Ada%40Example.COM")).unwrap();
+        assert_eq!(page.email_key.as_deref(), Some("ada@example.com"));
+    }
+
+    #[test]
+    fn query_ids_are_percent_decoded_and_the_first_wins() {
+        let uri: Uri = "/?a=1&id=x%2Dy&id=z".parse().unwrap();
+        assert_eq!(first_param(&uri, "id").as_deref(), Some("x-y"));
+        assert_eq!(first_param(&"/?idx=1".parse().unwrap(), "id"), None);
+    }
 }

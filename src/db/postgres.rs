@@ -1,0 +1,339 @@
+//! The PostgreSQL back end: a connection pool and one statement per request,
+//! so any number of stateless replicas can share the database. Uniqueness
+//! and `If-Match` are enforced by the database itself (a unique index and a
+//! version-guarded `UPDATE`/`DELETE`), never by a read-then-write.
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+use sqlx::migrate::Migrate;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Row};
+
+use super::migrate::{self, Applied, AppliedRow, MigrationStatus};
+use super::{
+    ACQUIRE_TIMEOUT, DbError, Millis, PageQuery, User, UserId, UserPatch, UserRow, Versions,
+    WriteError, is_unique_violation, record_pool, user_columns,
+};
+
+/// Connections per replica: PostgreSQL's own limit is shared by them all.
+const MAX_CONNECTIONS: u32 = 10;
+
+pub fn options(url: &str) -> Result<PgConnectOptions, DbError> {
+    PgConnectOptions::from_str(url).map_err(|e| DbError::Config(e.to_string()))
+}
+
+/// `database NAME on HOST:PORT`, without the password, for messages.
+pub fn describe(url: &str) -> String {
+    match options(url) {
+        Ok(o) => format!(
+            "PostgreSQL database {} on {}:{}",
+            o.get_database().unwrap_or(o.get_username()),
+            o.get_host(),
+            o.get_port()
+        ),
+        Err(_) => "PostgreSQL database (unparsable URL)".into(),
+    }
+}
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, migrate: bool) -> Result<Self, DbError> {
+        let options = options(url)?;
+        if migrate {
+            apply_migrations(&options).await?;
+        }
+        let pool = pool(&options, MAX_CONNECTIONS).await?;
+        if !migrate {
+            super::warn_if_not_migrated(migration_status(&pool).await?);
+        }
+        Ok(PgStore { pool })
+    }
+
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub fn record_pool_metrics(&self) {
+        record_pool("postgres", &self.pool);
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn create(&self, user: User) -> Result<User, WriteError> {
+        sqlx::query(
+            "INSERT INTO users (id, email, email_key, account_enabled, display_name, given_name, \
+             surname, company_name, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(user.id.as_uuid())
+        .bind(user.email.as_str())
+        .bind(user.email.key())
+        .bind(user.account_enabled)
+        .bind(user.display_name.as_str())
+        .bind(user.given_name.as_str())
+        .bind(user.surname.as_str())
+        .bind(user.company_name.as_str())
+        .bind(user.version)
+        .bind(user.created_at.as_millis())
+        .bind(user.updated_at.as_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(write_error)?;
+        Ok(user)
+    }
+
+    pub async fn update(
+        &self,
+        id: UserId,
+        versions: Versions<'_>,
+        patch: UserPatch,
+        now: Millis,
+    ) -> Result<User, WriteError> {
+        let row: Option<UserRow> = sqlx::query_as(concat!(
+            "UPDATE users SET email = COALESCE($2, email), email_key = COALESCE($3, email_key), \
+             account_enabled = COALESCE($4, account_enabled), \
+             display_name = COALESCE($5, display_name), given_name = COALESCE($6, given_name), \
+             surname = COALESCE($7, surname), company_name = COALESCE($8, company_name), \
+             version = version + 1, updated_at = GREATEST($9, updated_at) \
+             WHERE id = $1 AND ($10::int8[] IS NULL OR version = ANY($10::int8[])) \
+             RETURNING ",
+            user_columns!()
+        ))
+        .bind(id.as_uuid())
+        .bind(patch.email.as_ref().map(|e| e.as_str()))
+        .bind(patch.email.as_ref().map(|e| e.key()))
+        .bind(patch.account_enabled)
+        .bind(patch.display_name.as_ref().map(|n| n.as_str()))
+        .bind(patch.given_name.as_ref().map(|n| n.as_str()))
+        .bind(patch.surname.as_ref().map(|n| n.as_str()))
+        .bind(patch.company_name.as_ref().map(|n| n.as_str()))
+        .bind(now.as_millis())
+        .bind(versions)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(write_error)?;
+        match row {
+            Some(row) => Ok(row.into()),
+            None => Err(self.missing_or_changed(id).await),
+        }
+    }
+
+    pub async fn delete(&self, id: UserId, versions: Versions<'_>) -> Result<(), WriteError> {
+        let done = sqlx::query(
+            "DELETE FROM users \
+             WHERE id = $1 AND ($2::int8[] IS NULL OR version = ANY($2::int8[]))",
+        )
+        .bind(id.as_uuid())
+        .bind(versions)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(self.missing_or_changed(id).await)
+        }
+    }
+
+    /// Why a guarded write touched no row. Asked after the fact: if the user
+    /// changed again in between, the answer is still right (it did not match
+    /// when the write was tried, or it is gone).
+    async fn missing_or_changed(&self, id: UserId) -> WriteError {
+        let exists = sqlx::query("SELECT 1 FROM users WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await;
+        match exists {
+            Ok(Some(_)) => WriteError::PreconditionFailed,
+            Ok(None) => WriteError::NotFound,
+            Err(e) => e.into(),
+        }
+    }
+
+    pub async fn get(&self, id: UserId) -> Result<Option<User>, DbError> {
+        let row: Option<UserRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = $1"
+        ))
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(User::from))
+    }
+
+    pub async fn list(&self, page: &PageQuery) -> Result<Vec<User>, DbError> {
+        let limit = i64::from(page.limit);
+        let after = page.after.as_uuid();
+        let rows: Vec<UserRow> = match &page.email_key {
+            None => {
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE id > $1 ORDER BY id LIMIT $2"
+                ))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Some(key) => {
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE email_key = $1 AND id > $2 ORDER BY id LIMIT $3"
+                ))
+                .bind(key)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        Ok(rows.into_iter().map(User::from).collect())
+    }
+}
+
+fn write_error(e: sqlx::Error) -> WriteError {
+    if is_unique_violation(&e) {
+        WriteError::DuplicateEmail
+    } else {
+        e.into()
+    }
+}
+
+pub async fn pool(options: &PgConnectOptions, max: u32) -> Result<PgPool, DbError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options.clone())
+        .await?)
+}
+
+/// Applies pending migrations on a connection of its own, under sqlx's
+/// session advisory lock: concurrent migrators (replicas starting together,
+/// several `skiff migrate`) wait for it, then find nothing left to do.
+/// Closing the connection releases the lock even if a migration failed.
+pub async fn apply_migrations(options: &PgConnectOptions) -> Result<Vec<Applied>, DbError> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    conn.lock().await?;
+    let applied = migrate::apply_pending(&mut conn, &migrate::POSTGRES).await;
+    if applied.is_ok() {
+        conn.unlock().await?;
+    }
+    let _ = conn.close().await;
+    Ok(applied?)
+}
+
+pub async fn migration_status(pool: &PgPool) -> Result<Vec<MigrationStatus>, DbError> {
+    let has_table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    let rows: Vec<AppliedRow> = if has_table {
+        sqlx::query_as(
+            "SELECT version, description, installed_on::text AS installed_on, success, checksum \
+             FROM _sqlx_migrations ORDER BY version",
+        )
+        .fetch_all(pool)
+        .await?
+    } else {
+        Vec::new()
+    };
+    Ok(migrate::status(&migrate::POSTGRES, &rows))
+}
+
+/// The tables of the current schema as `CREATE` statements, read from the
+/// catalogs (there is no `pg_dump` in the image).
+pub async fn schema(pool: &PgPool) -> Result<String, DbError> {
+    let tables = sqlx::query(
+        "SELECT c.oid::int8 AS oid, c.relname::text AS name, \
+                obj_description(c.oid, 'pg_class') AS comment \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') ORDER BY c.relname",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out = String::new();
+    for table in tables {
+        let oid: i64 = table.try_get("oid")?;
+        let name: String = table.try_get("name")?;
+        let columns = sqlx::query(
+            "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type, \
+                    a.attnotnull AS not_null, pg_get_expr(d.adbin, d.adrelid) AS default, \
+                    col_description(a.attrelid, a.attnum) AS comment \
+             FROM pg_attribute a \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+        )
+        .bind(oid)
+        .fetch_all(pool)
+        .await?;
+        let constraints = sqlx::query(
+            "SELECT conname::text AS name, pg_get_constraintdef(oid) AS def FROM pg_constraint \
+             WHERE conrelid = $1::int8::oid ORDER BY contype, conname",
+        )
+        .bind(oid)
+        .fetch_all(pool)
+        .await?;
+        let indexes = sqlx::query(
+            "SELECT pg_get_indexdef(i.indexrelid) AS def FROM pg_index i \
+             WHERE i.indrelid = $1::int8::oid \
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) \
+             ORDER BY 1",
+        )
+        .bind(oid)
+        .fetch_all(pool)
+        .await?;
+
+        let mut lines = Vec::new();
+        let mut comments = Vec::new();
+        for column in &columns {
+            let col: String = column.try_get("name")?;
+            let ty: String = column.try_get("type")?;
+            let mut line = format!("    {col} {ty}");
+            if column.try_get::<bool, _>("not_null")? {
+                line.push_str(" NOT NULL");
+            }
+            if let Some(default) = column.try_get::<Option<String>, _>("default")? {
+                let _ = write!(line, " DEFAULT {default}");
+            }
+            lines.push(line);
+            if let Some(comment) = column.try_get::<Option<String>, _>("comment")? {
+                comments.push(format!(
+                    "COMMENT ON COLUMN {name}.{col} IS '{}';",
+                    comment.replace('\'', "''")
+                ));
+            }
+        }
+        for constraint in &constraints {
+            let cname: String = constraint.try_get("name")?;
+            let def: String = constraint.try_get("def")?;
+            lines.push(format!("    CONSTRAINT {cname} {def}"));
+        }
+        let _ = writeln!(out, "CREATE TABLE {name} (\n{}\n);", lines.join(",\n"));
+        for index in &indexes {
+            let def: String = index.try_get("def")?;
+            let _ = writeln!(out, "{def};");
+        }
+        if let Some(comment) = table.try_get::<Option<String>, _>("comment")? {
+            comments.insert(
+                0,
+                format!(
+                    "COMMENT ON TABLE {name} IS '{}';",
+                    comment.replace('\'', "''")
+                ),
+            );
+        }
+        for comment in comments {
+            let _ = writeln!(out, "{comment}");
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}

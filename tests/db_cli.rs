@@ -1,0 +1,150 @@
+//! `skiff migrate` and `skiff db …` through the real binary, on SQLite and
+//! PostgreSQL: concurrent migrators, and the database life cycle.
+#![cfg(feature = "users")]
+
+mod common;
+#[macro_use]
+#[path = "common/backends.rs"]
+mod backends;
+
+use std::process::Output;
+
+use backends::{Server, TestDb, skiff};
+
+both_backends!(
+    several_migrators_at_once_apply_each_migration_once,
+    create_status_schema_and_drop,
+    serve_migrates_unless_told_not_to,
+);
+
+fn run(db: &TestDb, args: &[&str]) -> Output {
+    skiff(&db.url, db.dir())
+        .args(args)
+        .output()
+        .expect("skiff runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `args`, asserting success, and returns stdout.
+fn ok(db: &TestDb, args: &[&str]) -> String {
+    let output = run(db, args);
+    assert!(
+        output.status.success(),
+        "skiff {args:?}: {}\n{}",
+        stdout(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout(&output)
+}
+
+/// The state column of `db status` for each migration.
+fn states(status: &str) -> Vec<String> {
+    status
+        .lines()
+        .skip_while(|l| !l.starts_with("VERSION"))
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn several_migrators_at_once_apply_each_migration_once(db: &TestDb) {
+    let migrators: Vec<_> = (0..6)
+        .map(|_| {
+            skiff(&db.url, db.dir())
+                .arg("migrate")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("skiff migrate starts")
+        })
+        .collect();
+    let mut applied_by = 0;
+    for migrator in migrators {
+        let output = migrator.wait_with_output().unwrap();
+        let out = stdout(&output);
+        assert!(
+            output.status.success(),
+            "{out}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if out.contains("applied 1 create users") {
+            applied_by += 1;
+        } else {
+            assert!(out.contains("no pending migrations"), "{out}");
+        }
+    }
+    assert_eq!(applied_by, 1, "exactly one process applied the migration");
+
+    let status = ok(db, &["db", "status"]);
+    assert_eq!(states(&status), ["applied"], "{status}");
+    let schema = ok(db, &["db", "schema"]);
+    assert_eq!(schema.matches("CREATE TABLE users").count(), 1, "{schema}");
+    assert_eq!(
+        schema
+            .matches("CREATE UNIQUE INDEX users_email_key")
+            .count(),
+        1,
+        "{schema}"
+    );
+    assert!(ok(db, &["migrate"]).contains("no pending migrations"));
+}
+
+async fn create_status_schema_and_drop(db: &TestDb) {
+    // Start from nothing: the test database (made by the harness on
+    // PostgreSQL, by `db create` here on SQLite) is dropped first.
+    ok(db, &["db", "create"]);
+    let dropped = ok(db, &["db", "drop"]);
+    assert!(dropped.contains("dropped"), "{dropped}");
+    assert!(ok(db, &["db", "drop"]).contains("does not exist"));
+    let missing = run(db, &["db", "status"]);
+    assert_eq!(
+        missing.status.code(),
+        Some(1),
+        "status of a missing database fails"
+    );
+    assert!(!missing.stderr.is_empty());
+
+    assert!(ok(db, &["db", "create"]).contains("created"));
+    assert!(ok(db, &["db", "create"]).contains("already exists"));
+    assert_eq!(states(&ok(db, &["db", "status"])), ["pending"]);
+    let migrated = ok(db, &["migrate"]);
+    assert!(migrated.contains("applied 1 create users"), "{migrated}");
+    assert_eq!(states(&ok(db, &["db", "status"])), ["applied"]);
+
+    let schema = ok(db, &["db", "schema"]);
+    for part in [
+        "CREATE TABLE users",
+        "email_key",
+        "users_email_key",
+        "version",
+    ] {
+        assert!(schema.contains(part), "{part} in\n{schema}");
+    }
+    assert!(ok(db, &["db", "drop"]).contains("dropped"));
+    assert_eq!(run(db, &["db", "status"]).status.code(), Some(1));
+}
+
+async fn serve_migrates_unless_told_not_to(db: &TestDb) {
+    ok(db, &["db", "create"]);
+    let server = Server::start_with(skiff(&db.url, db.dir()), &["--no-migrate"]);
+    let r = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        states(&ok(db, &["db", "status"])),
+        ["pending"],
+        "--no-migrate left it"
+    );
+    drop(server);
+
+    let server = Server::start(skiff(&db.url, db.dir()));
+    assert_eq!(
+        states(&ok(db, &["db", "status"])),
+        ["applied"],
+        "serve migrated"
+    );
+    let r = reqwest::get(server.url("/users")).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
