@@ -12,6 +12,11 @@
 //! deadline checked by an instruction-count hook, which raises an error
 //! once the deadline has passed (and keeps raising it, so that `pcall`
 //! cannot swallow it; see `sandbox.lua`).
+//!
+//! The hook is a plain C hook set through `mlua::ffi`, not mlua's hook API:
+//! when an mlua hook callback fails, mlua truncates the stack of the
+//! running Lua function before raising, which runs that function's pending
+//! `__close` handlers while hooks are off, out of reach of the limit.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -19,17 +24,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
-use mlua::{
-    Function, HookTriggers, Lua, LuaOptions, LuaString, StdLib, Table, Value, VmState,
-    chunk::ChunkMode,
-};
+use mlua::{Function, Lua, LuaOptions, LuaString, StdLib, Table, Value, chunk::ChunkMode, ffi};
 
 use super::json;
 use super::{LoadError, LuaRequest, LuaResponse, RunError, Scripts, Target};
 
 /// How often (in VM instructions) the hook looks at the clock: every few
 /// tens of microseconds, cheap next to the instructions themselves.
-const HOOK_EVERY: u32 = 10_000;
+const HOOK_EVERY: i32 = 10_000;
 
 /// Error details shown to clients are cut to this many characters.
 const MAX_DETAIL: usize = 1024;
@@ -62,21 +64,66 @@ struct RunState {
     /// The display name of the running script, for its log lines.
     script: RefCell<String>,
     response: RefCell<Option<LuaResponse>>,
+}
+
+/// The deadline of the run going on in this thread. A Lua state never
+/// leaves the thread that made it and runs one script at a time, so the
+/// C hook finds its run's deadline here.
+struct Clock {
     deadline: Cell<Option<Instant>>,
     /// Set by the hook once the deadline has passed.
     expired: Cell<bool>,
 }
 
-impl RunState {
+thread_local! {
+    static CLOCK: Clock = const {
+        Clock {
+            deadline: Cell::new(None),
+            expired: Cell::new(false),
+        }
+    };
+}
+
+impl Clock {
+    fn start(limit: Duration) {
+        CLOCK.with(|c| {
+            c.expired.set(false);
+            c.deadline.set(Some(Instant::now() + limit));
+        });
+    }
+
+    fn stop() {
+        CLOCK.with(|c| c.deadline.set(None));
+    }
+
+    fn expired() -> bool {
+        CLOCK.with(|c| c.expired.get())
+    }
+
     /// Whether the run may go on; marks it expired once the deadline passed.
-    fn on_time(&self) -> bool {
-        match self.deadline.get() {
+    fn on_time() -> bool {
+        CLOCK.with(|c| match c.deadline.get() {
             Some(deadline) if Instant::now() >= deadline => {
-                self.expired.set(true);
+                c.expired.set(true);
                 false
             }
             _ => true,
-        }
+        })
+    }
+}
+
+/// The count hook: raises "time limit exceeded" once the deadline passed.
+/// Coroutines inherit it from the thread that creates them.
+unsafe extern "C-unwind" fn time_limit_hook(state: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {
+    if Clock::on_time() {
+        return;
+    }
+    // SAFETY: `state` is the running Lua thread; hooks only run in Lua code,
+    // never inside a Rust callback. lua_error longjmps out of this frame,
+    // which owns nothing that needs dropping.
+    unsafe {
+        ffi::lua_pushliteral(state, c"time limit exceeded");
+        ffi::lua_error(state);
     }
 }
 
@@ -114,17 +161,13 @@ impl Sandbox {
             .call(host)
             .map_err(interpreter)?;
 
-        let hook_run = run.clone();
-        lua.set_global_hook(
-            HookTriggers::new().every_nth_instruction(HOOK_EVERY),
-            move |_, _| {
-                if hook_run.on_time() {
-                    Ok(VmState::Continue)
-                } else {
-                    Err(mlua::Error::runtime("time limit exceeded"))
-                }
-            },
-        )
+        // SAFETY: sets a C hook (a plain function) on the thread that runs
+        // the scripts; nothing else is touched.
+        unsafe {
+            lua.exec_raw::<()>((), |state| {
+                ffi::lua_sethook(state, Some(time_limit_hook), ffi::LUA_MASKCOUNT, HOOK_EVERY);
+            })
+        }
         .map_err(interpreter)?;
 
         let mut chunks = HashMap::new();
@@ -179,16 +222,13 @@ impl Sandbox {
         };
         *self.run.script.borrow_mut() = script.clone();
         self.run.response.take();
-        self.run.expired.set(false);
 
         let prepared = self.prepare(&chunk, request);
         let result = match prepared {
             Ok(()) => {
-                self.run
-                    .deadline
-                    .set(Some(Instant::now() + self.limits.time));
+                Clock::start(self.limits.time);
                 let result = chunk.call::<()>(());
-                self.run.deadline.set(None);
+                Clock::stop();
                 Ok(result)
             }
             Err(e) => Err(e),
@@ -202,7 +242,7 @@ impl Sandbox {
                 Err(RunError::Internal { script })
             }
             Ok(Ok(())) => response.ok_or(RunError::NoResponse { script }),
-            Ok(Err(_)) if self.run.expired.get() => Err(RunError::TimeLimit {
+            Ok(Err(_)) if Clock::expired() => Err(RunError::TimeLimit {
                 script,
                 limit: self.limits.time,
             }),
@@ -253,10 +293,12 @@ impl Sandbox {
 fn host_functions(lua: &Lua, run: &Rc<RunState>, limits: Limits) -> mlua::Result<Table> {
     let host = lua.create_table()?;
 
-    let state = run.clone();
+    // No run can fill more table slots (16 bytes each) than this.
+    host.set("max_elements", limits.memory / 16)?;
+
     host.set(
         "expired",
-        lua.create_function(move |_, ()| Ok(state.expired.get()))?,
+        lua.create_function(|_, ()| Ok(Clock::expired()))?,
     )?;
 
     let state = run.clone();

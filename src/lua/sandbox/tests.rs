@@ -257,6 +257,29 @@ fn a_spinning_close_handler_hits_the_time_limit() {
 }
 
 #[test]
+fn a_coroutines_close_handler_cannot_escape_the_time_limit() {
+    // A hook error leaves a coroutine with hooks off; closing it then runs
+    // its pending __close handlers.
+    let spin_with_close_handler = "function()
+        local x <close> = setmetatable({}, {__close = function() while true do end end})
+        while true do end
+      end";
+    assert_time_limit(&format!("coroutine.wrap({spin_with_close_handler})()"));
+    assert_time_limit(&format!(
+        "local co = coroutine.create({spin_with_close_handler}) coroutine.resume(co)"
+    ));
+    assert_time_limit(&format!(
+        "local co = coroutine.create({spin_with_close_handler})
+         local guard <close> = setmetatable({{}}, {{__close = function() coroutine.close(co) end}})
+         coroutine.resume(co)"
+    ));
+    // And on the main thread.
+    assert_time_limit(
+        "local x <close> = setmetatable({}, {__close = function() while true do end end}) while true do end",
+    );
+}
+
+#[test]
 fn a_load_reader_cannot_swallow_the_time_limit() {
     assert_time_limit("while true do load(function() while true do end end) end");
 }
@@ -264,6 +287,80 @@ fn a_load_reader_cannot_swallow_the_time_limit() {
 #[test]
 fn a_tostring_metamethod_on_an_error_cannot_escape_the_time_limit() {
     assert_time_limit("error(setmetatable({}, {__tostring = function() while true do end end}))");
+}
+
+#[test]
+fn library_loops_are_bounded_where_the_hook_cannot_see() {
+    // Each of these would loop in C, for ever in practice, without a
+    // single VM instruction for the hook to count.
+    assert_eq!(
+        eval("response('[' .. (''):rep(1e18) .. ('x'):rep(0) .. ']')"),
+        "[]"
+    );
+    assert!(matches!(
+        failure("table.move({}, 1, 1e15, 2)"),
+        RunError::Script { message, .. } if message.contains("too many elements")
+    ));
+    assert_time_limit(
+        "table.insert(setmetatable({}, {__len = function() return 1e15 end}), 1, 'x')",
+    );
+    assert_time_limit("table.remove(setmetatable({}, {__len = function() return 1e15 end}), 1)");
+}
+
+#[test]
+fn table_insert_and_remove_keep_their_meaning() {
+    assert_eq!(
+        eval(
+            "local t = {'b', 'd'}
+             table.insert(t, 1, 'a') table.insert(t, 3, 'c') table.insert(t, 'e') table.insert(t, 6, 'f')
+             local last = table.remove(t) local first = table.remove(t, 1) local mid = table.remove(t, 2)
+             local empty = {} local none = table.remove(empty, 1) local zero = table.remove(empty, #empty)
+             local ok1 = pcall(table.insert, t, 9, 'x') local ok2 = pcall(table.remove, t, 9)
+             local ok3 = pcall(table.insert, t, 1.5, 'x') local ok4 = pcall(table.insert, t, 1, 'x', 'y')
+             local moved = table.move({1, 2, 3}, 1, 3, 2)
+             response(table.concat(t, ',') .. ' ' .. last .. first .. mid .. ' ' .. tostring(none) .. tostring(zero)
+               .. ' ' .. tostring(ok1) .. tostring(ok2) .. tostring(ok3) .. tostring(ok4)
+               .. ' ' .. table.concat(moved, ','))"
+        ),
+        "b,d,e fac nilnil falsefalsefalsefalse 1,1,2,3"
+    );
+}
+
+#[test]
+fn deep_recursion_is_an_error_not_a_crash() {
+    // Through C (pcall, gsub, metamethods) Lua stops at 200 levels; in Lua
+    // itself at its stack limit or the memory limit. The worker's stack
+    // holds either way.
+    assert_eq!(
+        eval(
+            "local function f(n) local ok = pcall(f, n + 1) return n end f(1) response('survived')"
+        ),
+        "survived"
+    );
+    assert_eq!(
+        eval("local function g(s) return (s:gsub('.', g)) end pcall(g, 'xx') response('survived')"),
+        "survived"
+    );
+    let err = failure("local function f() return 1 + f() end f()");
+    assert!(
+        matches!(err, RunError::Script { .. } | RunError::MemoryLimit { .. }),
+        "{err:?}"
+    );
+    let nested = format!(
+        "response(json.encode(json.decode('{}1{}')))",
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    assert_eq!(
+        eval(&nested),
+        format!("{}1{}", "[".repeat(100), "]".repeat(100))
+    );
+    let RunError::Script { message, .. } =
+        failure(&format!("json.decode('{}')", "[".repeat(100_000)))
+    else {
+        panic!("deep JSON was accepted")
+    };
+    assert!(message.contains("recursion limit"), "{message}");
 }
 
 // --- The memory limit -----------------------------------------------------
