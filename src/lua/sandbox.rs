@@ -118,9 +118,11 @@ unsafe extern "C-unwind" fn time_limit_hook(state: *mut ffi::lua_State, _: *mut 
     if Clock::on_time() {
         return;
     }
-    // SAFETY: `state` is the running Lua thread; hooks only run in Lua code,
-    // never inside a Rust callback. lua_error longjmps out of this frame,
-    // which owns nothing that needs dropping.
+    // SAFETY: `state` is the running Lua thread. The hook fires only while
+    // Lua code runs, and no host function runs Lua code (they read tables
+    // raw), so lua_error's longjmp crosses no Rust frame but this one, which
+    // owns nothing that needs dropping; the protected call of the run (or a
+    // pcall in the script) catches it.
     unsafe {
         ffi::lua_pushliteral(state, c"time limit exceeded");
         ffi::lua_error(state);
@@ -223,34 +225,28 @@ impl Sandbox {
         *self.run.script.borrow_mut() = script.clone();
         self.run.response.take();
 
-        let prepared = self.prepare(&chunk, request);
-        let result = match prepared {
-            Ok(()) => {
-                Clock::start(self.limits.time);
-                let result = chunk.call::<()>(());
-                Clock::stop();
-                Ok(result)
-            }
-            Err(e) => Err(e),
-        };
+        if let Err(e) = self.prepare(&chunk, request) {
+            self.finish(&chunk);
+            tracing::error!(script, error = %e, "cannot prepare a Lua run");
+            return Err(RunError::Internal { script });
+        }
+        Clock::start(self.limits.time);
+        let result = chunk.call::<()>(());
+        Clock::stop();
         self.finish(&chunk);
         let response = self.run.response.take();
 
         match result {
-            Err(e) => {
-                tracing::error!(script, error = %e, "cannot prepare a Lua run");
-                Err(RunError::Internal { script })
-            }
-            Ok(Ok(())) => response.ok_or(RunError::NoResponse { script }),
-            Ok(Err(_)) if Clock::expired() => Err(RunError::TimeLimit {
+            Ok(()) => response.ok_or(RunError::NoResponse { script }),
+            Err(_) if Clock::expired() => Err(RunError::TimeLimit {
                 script,
                 limit: self.limits.time,
             }),
-            Ok(Err(e)) if is_memory_error(&e) => Err(RunError::MemoryLimit {
+            Err(e) if is_memory_error(&e) => Err(RunError::MemoryLimit {
                 script,
                 limit: self.limits.memory,
             }),
-            Ok(Err(e)) => {
+            Err(e) => {
                 let message = error_message(&e);
                 tracing::debug!(script, error = %message, "Lua script failed");
                 Err(RunError::Script {
