@@ -12,8 +12,8 @@
 
 mod json;
 mod pool;
-pub mod sandbox;
-pub mod scripts;
+mod sandbox;
+mod scripts;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use axum::http::{HeaderName, HeaderValue};
 
 use crate::config::Config;
 
-pub use sandbox::{Limits, Sandbox};
+pub use sandbox::Limits;
 pub use scripts::{ScriptName, Scripts};
 
 /// Why the Lua engine could not start.
@@ -159,17 +159,8 @@ impl LuaEngine {
             memory: config.lua_memory,
             time: config.lua_timeout,
         };
-        Self::with_scripts(scripts, limits, pool::PoolSize::for_this_machine())
-    }
-
-    /// Starts the engine on scripts already in memory.
-    pub fn with_scripts(
-        scripts: Scripts,
-        limits: Limits,
-        size: pool::PoolSize,
-    ) -> Result<Self, LoadError> {
         let scripts = Arc::new(scripts);
-        let pool = pool::Pool::start(scripts.clone(), limits, size)?;
+        let pool = pool::Pool::start(scripts.clone(), limits, pool::PoolSize::for_this_machine())?;
         Ok(Self {
             scripts,
             pool: Arc::new(pool),
@@ -196,5 +187,3 @@ impl LuaEngine {
         self.pool.busy()
     }
 }
-
-pub use pool::PoolSize;

@@ -24,7 +24,7 @@ const WORKER_STACK: usize = 4 * 1024 * 1024;
 
 /// How many workers, and how many jobs may wait for one.
 #[derive(Debug, Clone, Copy)]
-pub struct PoolSize {
+pub(super) struct PoolSize {
     pub workers: usize,
     pub queue: usize,
 }
