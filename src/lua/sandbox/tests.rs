@@ -387,9 +387,16 @@ fn a_huge_string_hits_the_memory_limit() {
 
 #[test]
 fn json_decode_counts_against_the_memory_limit() {
-    assert_memory_limit(
-        "local n = 500000 local doc = '[' .. ('\"abcdefgh\",'):rep(n) .. '0]' response(#json.decode(doc))",
+    // A 1.2 MB document that decodes into a 600 000-slot table (~10 MB).
+    let doc = "local doc = '[' .. ('0,'):rep(600000) .. '0]'";
+    let caught = eval(&format!(
+        "{doc} local ok, err = pcall(json.decode, doc) response(tostring(ok) .. ' ' .. tostring(err))"
+    ));
+    assert!(
+        caught.starts_with("false") && caught.contains("memory"),
+        "{caught}"
     );
+    assert_memory_limit(&format!("{doc} response(#json.decode(doc))"));
 }
 
 #[test]
