@@ -1,0 +1,221 @@
+//! The worker pool: a fixed number of threads, each owning one sandbox (a
+//! Lua state is not `Send`, so it is born and dies on its thread), fed by a
+//! bounded queue.
+//!
+//! A full queue is refused at once (`RunError::Busy`, a quick `503`), so a
+//! flood of slow scripts costs at most `queue` waiting jobs, never an
+//! unbounded backlog; and since the async side only awaits a oneshot
+//! channel, Lua never blocks the runtime's threads.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use super::sandbox::{Limits, Sandbox};
+use super::{LoadError, LuaRequest, LuaResponse, RunError, Scripts, Target};
+use crate::telemetry::{LUA_ERRORS, LUA_LIMIT_HITS, LUA_RUNS};
+
+/// Lua runs use the C stack for nested calls through C (pcall, metamethods,
+/// string.gsub callbacks…), up to Lua's own limit of 200 levels.
+const WORKER_STACK: usize = 4 * 1024 * 1024;
+
+/// How many workers, and how many jobs may wait for one.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PoolSize {
+    pub workers: usize,
+    pub queue: usize,
+}
+
+impl PoolSize {
+    /// One worker per CPU (scripts are CPU-bound: no I/O in the sandbox),
+    /// at least 2, at most 16; and a queue of 8 jobs per worker, so a job
+    /// waits at most about 8 time limits before it starts.
+    pub fn for_this_machine() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = cpus.clamp(2, 16);
+        Self {
+            workers,
+            queue: workers * 8,
+        }
+    }
+}
+
+struct Job {
+    target: Target,
+    request: LuaRequest,
+    reply: oneshot::Sender<Result<LuaResponse, RunError>>,
+}
+
+pub struct Pool {
+    queue: SyncSender<Job>,
+    workers: usize,
+    busy: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    /// Starts the workers and waits until each has built its sandbox, so
+    /// that a script that does not compile stops start-up.
+    pub fn start(scripts: Arc<Scripts>, limits: Limits, size: PoolSize) -> Result<Self, LoadError> {
+        let (queue, jobs) = sync_channel::<Job>(size.queue);
+        let jobs = Arc::new(Mutex::new(jobs));
+        let busy = Arc::new(AtomicUsize::new(0));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        for i in 0..size.workers {
+            let worker = Worker {
+                scripts: scripts.clone(),
+                limits,
+                jobs: jobs.clone(),
+                busy: busy.clone(),
+            };
+            let ready = ready_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("lua-{i}"))
+                .stack_size(WORKER_STACK)
+                .spawn(move || worker.run(ready))
+                .map_err(|e| LoadError::Interpreter(format!("cannot spawn a Lua worker: {e}")))?;
+        }
+        drop(ready_tx);
+        for _ in 0..size.workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(LoadError::Interpreter(
+                        "a Lua worker died while starting".into(),
+                    ));
+                }
+            }
+        }
+        tracing::debug!(
+            workers = size.workers,
+            queue = size.queue,
+            "Lua workers started"
+        );
+        Ok(Self {
+            queue,
+            workers: size.workers,
+            busy,
+        })
+    }
+
+    pub async fn run(&self, target: Target, request: LuaRequest) -> Result<LuaResponse, RunError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            target,
+            request,
+            reply,
+        };
+        match self.queue.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!(LUA_ERRORS, "kind" => "busy").increment(1);
+                return Err(RunError::Busy);
+            }
+            Err(TrySendError::Disconnected(job)) => {
+                tracing::error!("the Lua workers are gone");
+                return Err(RunError::Internal {
+                    script: job.target.display_name(),
+                });
+            }
+        }
+        answer.await.unwrap_or_else(|_| {
+            // The worker dropped the job without answering: it panicked
+            // outside the guarded run, which is a bug (already logged).
+            Err(RunError::Internal {
+                script: "(unknown)".into(),
+            })
+        })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
+    }
+}
+
+struct Worker {
+    scripts: Arc<Scripts>,
+    limits: Limits,
+    jobs: Arc<Mutex<Receiver<Job>>>,
+    busy: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn run(self, ready: std::sync::mpsc::Sender<Result<(), LoadError>>) {
+        let mut sandbox = match Sandbox::new(&self.scripts, self.limits) {
+            Ok(sandbox) => {
+                let _ = ready.send(Ok(()));
+                sandbox
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        drop(ready);
+        // Ends when the engine, and with it the sending side, is dropped.
+        while let Some(job) = self.next_job() {
+            // The caller gave up (client gone, request timeout): skip the run.
+            if job.reply.is_closed() {
+                continue;
+            }
+            self.busy.fetch_add(1, Ordering::Relaxed);
+            let script = job.target.display_name();
+            let outcome = catch_unwind(AssertUnwindSafe(|| sandbox.run(&job.target, &job.request)));
+            self.busy.fetch_sub(1, Ordering::Relaxed);
+            let (result, fresh_state) = match outcome {
+                Ok(result) => {
+                    // A run stopped by a limit may have been cut anywhere:
+                    // start the next one from a brand-new state.
+                    let hit_limit = matches!(&result, Err(e) if e.limit().is_some());
+                    (result, hit_limit)
+                }
+                Err(_) => {
+                    tracing::error!(script, "a Lua run panicked");
+                    (
+                        Err(RunError::Internal {
+                            script: script.clone(),
+                        }),
+                        true,
+                    )
+                }
+            };
+            record(&script, &result);
+            let _ = job.reply.send(result);
+            // After answering, off the request's critical path.
+            if fresh_state {
+                match Sandbox::new(&self.scripts, self.limits) {
+                    Ok(new) => sandbox = new,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot renew a Lua state; keeping the old one")
+                    }
+                }
+            } else {
+                sandbox.tidy();
+            }
+        }
+    }
+
+    fn next_job(&self) -> Option<Job> {
+        // The lock is held only while waiting, never while running a job.
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        jobs.recv().ok()
+    }
+}
+
+fn record(script: &str, result: &Result<LuaResponse, RunError>) {
+    metrics::counter!(LUA_RUNS, "script" => script.to_owned()).increment(1);
+    if let Err(e) = result {
+        metrics::counter!(LUA_ERRORS, "kind" => e.kind()).increment(1);
+        if let Some(limit) = e.limit() {
+            metrics::counter!(LUA_LIMIT_HITS, "limit" => limit).increment(1);
+            tracing::warn!(script, limit, "Lua run stopped by a limit");
+        }
+    }
+}

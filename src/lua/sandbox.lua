@@ -1,0 +1,253 @@
+-- The sandbox of one interpreter state. This chunk runs once, when the state
+-- is created, with the (already trimmed) standard library; it keeps what
+-- scripts may use in locals that no script can reach, and returns
+-- `new_env`, which builds the fresh environment of one run.
+--
+-- Every table a script can reach is made for its run alone: the library
+-- tables are copies, and the string metatable is replaced for each run (by
+-- the Rust side, with the one returned here). So whatever a script writes,
+-- even with rawset, is gone when its run ends.
+local host = ...
+
+local error, ipairs, pairs, rawget, select, tostring, type =
+  error, ipairs, pairs, rawget, select, tostring, type
+local concat = table.concat
+local real_load, real_pcall, real_xpcall, real_setmetatable = load, pcall, xpcall, setmetatable
+local real_create, real_resume, real_close = coroutine.create, coroutine.resume, coroutine.close
+local randomseed, tointeger = math.randomseed, math.tointeger
+local real_rep = string.rep
+local real_insert, real_remove, real_move = table.insert, table.remove, table.move
+local expired, host_log = host.expired, host.log
+local max_elements = host.max_elements
+
+-- Nothing may dump a function, not even through ("").dump.
+string.dump = nil
+
+local SAFE_BASE = {
+  "assert", "error", "getmetatable", "ipairs", "next", "pairs", "rawequal",
+  "rawget", "rawlen", "rawset", "select", "tonumber", "tostring", "type",
+}
+local base = {}
+for _, name in ipairs(SAFE_BASE) do
+  base[name] = _G[name]
+end
+
+local LIBRARIES = {
+  string = string,
+  table = table,
+  math = math,
+  utf8 = utf8,
+  coroutine = coroutine,
+  os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime },
+}
+
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t) do
+    c[k] = v
+  end
+  return c
+end
+
+-- pcall, xpcall, coroutine.resume/close and load (with a reader function)
+-- catch errors. The time limit is an error raised by the instruction hook:
+-- once it has passed, these hand the error on instead of swallowing it, so
+-- `while true do pcall(spin) end` ends too.
+local function unless_expired(ok, ...)
+  if not ok and expired() then
+    error((...), 0)
+  end
+  return ok, ...
+end
+
+local function pcall(...)
+  return unless_expired(real_pcall(...))
+end
+
+-- A hook error raises with hooks off until it has unwound, and Lua runs
+-- the message handler before that: a handler that spins would never be
+-- stopped. So once the time is up, the script's handler is skipped.
+local function xpcall(f, handler, ...)
+  if type(handler) ~= "function" then
+    return real_xpcall(f, handler, ...) -- stock error message
+  end
+  local function guarded(e)
+    if expired() then
+      return e
+    end
+    return handler(e)
+  end
+  return unless_expired(real_xpcall(f, guarded, ...))
+end
+
+local function resume(...)
+  return unless_expired(real_resume(...))
+end
+
+-- A coroutine stopped by the hook is left with hooks off, and closing it
+-- runs its pending __close handlers: once the time is up, no coroutine is
+-- closed (a dead one is garbage; the collector does not run __close).
+local function close(co)
+  if expired() then
+    error("time limit exceeded", 0)
+  end
+  return unless_expired(real_close(co))
+end
+
+-- coroutine.wrap as in lcorolib.c, on top of the guarded resume and close:
+-- the C one closes a failed coroutine itself.
+local function wrap_results(co, ok, ...)
+  if ok then
+    return ...
+  end
+  local err = ...
+  if expired() then
+    error(err, 0)
+  end
+  local closed, close_err = real_close(co)
+  if not closed then
+    err = close_err
+  end
+  if type(err) == "string" then
+    error(err, 3) -- where the wrapped function was called, as the C one says
+  end
+  error(err, 0)
+end
+
+local function wrap(f)
+  local co = real_create(f)
+  return function(...)
+    return wrap_results(co, real_resume(co, ...))
+  end
+end
+
+-- A finalizer would run later, during another request's run, so no
+-- metatable with __gc is accepted. (Lua only honours a __gc present when the
+-- metatable is set.)
+local function setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("__gc metamethods are not available in the sandbox", 2)
+  end
+  return real_setmetatable(t, mt)
+end
+
+-- C loops that never allocate nor call Lua run out of the hook's sight, so
+-- their counts must be bounded by something real. These library functions
+-- loop as often as an argument (or a __len metamethod) says:
+
+-- ("").rep(1e18) loops 10^18 times to build "".
+local function rep(s, n, sep)
+  if s == "" and (sep == nil or sep == "") and tointeger(n) then
+    return ""
+  end
+  return real_rep(s, n, sep)
+end
+
+-- table.move({}, 1, 1e15, 2) moves 10^15 nils. No run can fill more slots
+-- than its memory limit allows, so longer moves are refused.
+local function move(a1, f, e, t, a2)
+  local first, last = tointeger(f), tointeger(e)
+  if first and last and last - first >= max_elements then
+    error("bad argument #3 to 'move' (too many elements to move)", 2)
+  end
+  return real_move(a1, f, e, t, a2)
+end
+
+-- table.insert(t, pos, v) and table.remove(t, pos) shift #t elements, and
+-- #t is whatever __len says: with a position, they shift in Lua instead,
+-- as ltablib.c does in C.
+local function check_position(pos, ok_max, name)
+  local p = tointeger(pos)
+  if p == nil then
+    error("bad argument #2 to '" .. name .. "' (number has no integer representation)", 3)
+  end
+  if p < 1 or p > ok_max then
+    error("bad argument #2 to '" .. name .. "' (position out of bounds)", 3)
+  end
+  return p
+end
+
+local function insert(t, ...)
+  if select("#", ...) ~= 2 then
+    return real_insert(t, ...) -- appending shifts nothing
+  end
+  local pos, value = ...
+  local e = #t + 1
+  pos = check_position(pos, e, "insert")
+  for i = e, pos + 1, -1 do
+    t[i] = t[i - 1]
+  end
+  t[pos] = value
+end
+
+local function remove(t, pos)
+  if pos == nil then
+    return real_remove(t) -- removing the last element shifts nothing
+  end
+  local size = #t
+  if pos ~= size then
+    pos = check_position(pos, size + 1, "remove")
+  end
+  local removed = t[pos]
+  while pos < size do
+    t[pos] = t[pos + 1]
+    pos = pos + 1
+  end
+  t[pos] = nil
+  return removed
+end
+
+local function print(...)
+  local parts = {}
+  for i = 1, select("#", ...) do
+    parts[i] = tostring((select(i, ...)))
+  end
+  host_log(concat(parts, "\t"))
+end
+
+local function log(message)
+  host_log(tostring(message))
+end
+
+return function(request)
+  -- math.random's state lives in the library itself: reseed it so no run
+  -- can predict the next one's numbers.
+  randomseed()
+
+  local env = copy(base)
+  for name, lib in pairs(LIBRARIES) do
+    env[name] = copy(lib)
+  end
+  env.string.rep = rep
+  env.table.move = move
+  env.table.insert = insert
+  env.table.remove = remove
+  env.coroutine.resume = resume
+  env.coroutine.close = close
+  env.coroutine.wrap = wrap
+  env.pcall = pcall
+  env.xpcall = xpcall
+  env.setmetatable = setmetatable
+  env.print = print
+  env.log = log
+  env._VERSION = _VERSION
+  env._G = env
+
+  -- Text chunks only, and by default in this run's environment.
+  env.load = function(chunk, name, _mode, chunk_env)
+    if chunk_env == nil then
+      chunk_env = env
+    end
+    local f, err = real_load(chunk, name, "t", chunk_env)
+    if f == nil and expired() then
+      error(err, 0)
+    end
+    return f, err
+  end
+
+  env.json = { encode = host.json_encode, decode = host.json_decode, null = host.json_null }
+  env.response = host.response
+  env.request = request
+
+  return env, { __index = env.string }
+end

@@ -1,0 +1,568 @@
+//! One interpreter state and how a script runs in it.
+//!
+//! The state holds only the safe subset of the standard library (the base
+//! functions, `string`, `table`, `math`, `utf8`, `coroutine`, and `os` for
+//! its clock functions); `sandbox.lua` trims it further and builds a fresh
+//! environment for each run. Scripts are compiled once, when the state is
+//! created; a run points the script's `_ENV` at its own environment and
+//! unhooks it afterwards, so nothing a run writes survives it.
+//!
+//! Limits: the memory limit is the state's allocation ceiling, set for each
+//! run to what the state uses at rest plus the budget; the time limit is a
+//! deadline checked by an instruction-count hook, which raises an error
+//! once the deadline has passed (and keeps raising it, so that `pcall`
+//! cannot swallow it; see `sandbox.lua`).
+//!
+//! The hook is a plain C hook set through `mlua::ffi`, not mlua's hook API:
+//! when an mlua hook callback fails, mlua truncates the stack of the
+//! running Lua function before raising, which runs that function's pending
+//! `__close` handlers while hooks are off, out of reach of the limit.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use mlua::{Function, Lua, LuaOptions, LuaString, StdLib, Table, Value, chunk::ChunkMode, ffi};
+
+use super::json;
+use super::{LoadError, LuaRequest, LuaResponse, RunError, Scripts, Target};
+
+/// How often (in VM instructions) the hook looks at the clock: every few
+/// tens of microseconds, cheap next to the instructions themselves.
+const HOOK_EVERY: i32 = 10_000;
+
+/// Error details shown to clients are cut to this many characters.
+const MAX_DETAIL: usize = 1024;
+
+/// Log lines written by scripts are cut to this many bytes.
+const MAX_LOG_LINE: usize = 8 * 1024;
+
+/// The headers a script may not set: the server owns the message framing.
+const FRAMING_HEADERS: [HeaderName; 6] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
+];
+
+/// The limits of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes a run may allocate beyond what the state uses at rest.
+    pub memory: usize,
+    /// Wall-clock time a run may take.
+    pub time: Duration,
+}
+
+/// What the host functions share with the sandbox during a run.
+#[derive(Default)]
+struct RunState {
+    /// The display name of the running script, for its log lines.
+    script: RefCell<String>,
+    response: RefCell<Option<LuaResponse>>,
+}
+
+/// The deadline of the run going on in this thread. A Lua state never
+/// leaves the thread that made it and runs one script at a time, so the
+/// C hook finds its run's deadline here.
+struct Clock {
+    deadline: Cell<Option<Instant>>,
+    /// Set by the hook once the deadline has passed.
+    expired: Cell<bool>,
+}
+
+thread_local! {
+    static CLOCK: Clock = const {
+        Clock {
+            deadline: Cell::new(None),
+            expired: Cell::new(false),
+        }
+    };
+}
+
+impl Clock {
+    fn start(limit: Duration) {
+        CLOCK.with(|c| {
+            c.expired.set(false);
+            c.deadline.set(Some(Instant::now() + limit));
+        });
+    }
+
+    fn stop() {
+        CLOCK.with(|c| c.deadline.set(None));
+    }
+
+    fn expired() -> bool {
+        CLOCK.with(|c| c.expired.get())
+    }
+
+    /// Whether the run may go on; marks it expired once the deadline passed.
+    fn on_time() -> bool {
+        CLOCK.with(|c| match c.deadline.get() {
+            Some(deadline) if Instant::now() >= deadline => {
+                c.expired.set(true);
+                false
+            }
+            _ => true,
+        })
+    }
+}
+
+/// The count hook: raises "time limit exceeded" once the deadline passed.
+/// Coroutines inherit it from the thread that creates them.
+unsafe extern "C-unwind" fn time_limit_hook(state: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {
+    if Clock::on_time() {
+        return;
+    }
+    // SAFETY: `state` is the running Lua thread. The hook fires only while
+    // Lua code runs, and no host function runs Lua code (they read tables
+    // raw), so lua_error's longjmp crosses no Rust frame but this one, which
+    // owns nothing that needs dropping; the protected call of the run (or a
+    // pcall in the script) catches it.
+    unsafe {
+        ffi::lua_pushliteral(state, c"time limit exceeded");
+        ffi::lua_error(state);
+    }
+}
+
+/// One Lua state with the scripts compiled in it.
+pub struct Sandbox {
+    lua: Lua,
+    /// `sandbox.lua`'s `new_env(request) -> env, string_metatable`.
+    new_env: Function,
+    chunks: HashMap<Target, Function>,
+    run: Rc<RunState>,
+    /// What a script's `_ENV` and the string metatable point to between
+    /// runs, so that no run's tables stay reachable from the state.
+    idle_env: Table,
+    idle_string_mt: Table,
+    limits: Limits,
+}
+
+impl Sandbox {
+    pub fn new(scripts: &Scripts, limits: Limits) -> Result<Self, LoadError> {
+        let interpreter = |e: mlua::Error| LoadError::Interpreter(e.to_string());
+        let libs = StdLib::STRING
+            | StdLib::TABLE
+            | StdLib::MATH
+            | StdLib::UTF8
+            | StdLib::COROUTINE
+            | StdLib::OS;
+        let lua = Lua::new_with(libs, LuaOptions::new()).map_err(interpreter)?;
+        let run = Rc::new(RunState::default());
+
+        let host = host_functions(&lua, &run, limits).map_err(interpreter)?;
+        let new_env: Function = lua
+            .load(include_str!("sandbox.lua"))
+            .set_name("=sandbox")
+            .set_mode(ChunkMode::Text)
+            .call(host)
+            .map_err(interpreter)?;
+
+        // SAFETY: sets a C hook (a plain function) on the thread that runs
+        // the scripts; nothing else is touched.
+        unsafe {
+            lua.exec_raw::<()>((), |state| {
+                ffi::lua_sethook(state, Some(time_limit_hook), ffi::LUA_MASKCOUNT, HOOK_EVERY);
+            })
+        }
+        .map_err(interpreter)?;
+
+        let mut chunks = HashMap::new();
+        let compile = |file: String, source: &[u8]| {
+            lua.load(source)
+                // `=` makes the chunk name the file name as is: messages say
+                // `echo.lua:3:`, never a host path.
+                .set_name(format!("={file}"))
+                .set_mode(ChunkMode::Text)
+                .into_function()
+                .map_err(|e| LoadError::Compile {
+                    file,
+                    message: first_line(&error_message(&e)).to_owned(),
+                })
+        };
+        chunks.insert(
+            Target::Hello,
+            compile(Target::Hello.display_name(), Target::HELLO_CHUNK.as_bytes())?,
+        );
+        for (name, source) in scripts.iter() {
+            let target = Target::Script(name.clone());
+            chunks.insert(target, compile(name.file_name(), source)?);
+        }
+
+        let idle_env = lua.create_table().map_err(interpreter)?;
+        let idle_string_mt = lua
+            .create_table_from([(
+                "__index",
+                lua.globals().get::<Table>("string").map_err(interpreter)?,
+            )])
+            .map_err(interpreter)?;
+        lua.set_type_metatable::<LuaString>(Some(idle_string_mt.clone()));
+        lua.gc_collect().map_err(interpreter)?;
+
+        Ok(Self {
+            lua,
+            new_env,
+            chunks,
+            run,
+            idle_env,
+            idle_string_mt,
+            limits,
+        })
+    }
+
+    /// Runs `target` with `request` and returns its response.
+    pub fn run(&mut self, target: &Target, request: &LuaRequest) -> Result<LuaResponse, RunError> {
+        let script = target.display_name();
+        let Some(chunk) = self.chunks.get(target).cloned() else {
+            tracing::error!(script, "asked to run a script that was not loaded");
+            return Err(RunError::Internal { script });
+        };
+        *self.run.script.borrow_mut() = script.clone();
+        self.run.response.take();
+
+        if let Err(e) = self.prepare(&chunk, request) {
+            self.finish(&chunk);
+            tracing::error!(script, error = %e, "cannot prepare a Lua run");
+            return Err(RunError::Internal { script });
+        }
+        Clock::start(self.limits.time);
+        let result = chunk.call::<()>(());
+        Clock::stop();
+        self.finish(&chunk);
+        let response = self.run.response.take();
+
+        match result {
+            Ok(()) => response.ok_or(RunError::NoResponse { script }),
+            Err(_) if Clock::expired() => Err(RunError::TimeLimit {
+                script,
+                limit: self.limits.time,
+            }),
+            Err(e) if is_memory_error(&e) => Err(RunError::MemoryLimit {
+                script,
+                limit: self.limits.memory,
+            }),
+            Err(e) => {
+                let message = error_message(&e);
+                tracing::debug!(script, error = %message, "Lua script failed");
+                Err(RunError::Script {
+                    script,
+                    message: truncate(first_line(&message), MAX_DETAIL),
+                })
+            }
+        }
+    }
+
+    /// Frees what the last run left behind. Call between runs.
+    pub fn tidy(&self) {
+        if let Err(e) = self.lua.gc_collect() {
+            tracing::warn!(error = %e, "Lua garbage collection failed");
+        }
+    }
+
+    /// Builds the run's environment, points the chunk and the string
+    /// metatable at it, and sets the memory ceiling.
+    fn prepare(&self, chunk: &Function, request: &LuaRequest) -> mlua::Result<()> {
+        let request = request_table(&self.lua, request)?;
+        let (env, string_mt): (Table, Table) = self.new_env.call(request)?;
+        chunk.set_environment(env)?;
+        self.lua.set_type_metatable::<LuaString>(Some(string_mt));
+        self.lua
+            .set_memory_limit(self.lua.used_memory() + self.limits.memory)?;
+        Ok(())
+    }
+
+    /// Lifts the memory ceiling and unhooks the run's tables from the state.
+    fn finish(&self, chunk: &Function) {
+        let _ = self.lua.set_memory_limit(0);
+        let _ = chunk.set_environment(self.idle_env.clone());
+        self.lua
+            .set_type_metatable::<LuaString>(Some(self.idle_string_mt.clone()));
+    }
+}
+
+/// The Rust side of the sandbox, handed to `sandbox.lua`.
+fn host_functions(lua: &Lua, run: &Rc<RunState>, limits: Limits) -> mlua::Result<Table> {
+    let host = lua.create_table()?;
+
+    // No run can fill more table slots (16 bytes each) than this.
+    host.set("max_elements", limits.memory / 16)?;
+
+    host.set(
+        "expired",
+        lua.create_function(|_, ()| Ok(Clock::expired()))?,
+    )?;
+
+    let state = run.clone();
+    host.set(
+        "log",
+        lua.create_function(move |_, message: LuaString| {
+            let bytes = message.as_bytes();
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_LOG_LINE)]);
+            tracing::info!(target: "skiff::lua", script = %state.script.borrow(), "{text}");
+            Ok(())
+        })?,
+    )?;
+
+    let state = run.clone();
+    host.set(
+        "response",
+        lua.create_function(move |lua, (body, status, headers): (Value, Value, Value)| {
+            let response = parse_response(lua, body, status, headers)
+                .map_err(|message| located(lua, &format!("response: {message}")))?;
+            let mut slot = state.response.borrow_mut();
+            if slot.is_some() {
+                return Err(located(lua, "response: already called"));
+            }
+            *slot = Some(response);
+            Ok(())
+        })?,
+    )?;
+
+    // Arrays decoded from JSON carry this metatable, so that they encode as
+    // arrays even when empty. `__metatable` hides it: scripts can neither
+    // read nor replace it, so it cannot carry anything between runs.
+    let array_mt = lua.create_table()?;
+    array_mt.raw_set("__metatable", "json.array")?;
+
+    let mt = array_mt.clone();
+    host.set(
+        "json_encode",
+        lua.create_function(move |lua, value: Value| {
+            let text = json::encode(value, &mt, limits.memory)
+                .map_err(|e| located(lua, &format!("json.encode: {e}")))?;
+            lua.create_string(text)
+        })?,
+    )?;
+
+    let mt = array_mt;
+    host.set(
+        "json_decode",
+        lua.create_function(move |lua, text: Value| {
+            let Value::String(text) = text else {
+                let kind = text.type_name();
+                return Err(located(
+                    lua,
+                    &format!("json.decode: expected a string, got {kind}"),
+                ));
+            };
+            json::decode(lua, &text.as_bytes(), &mt).map_err(|e| match e {
+                json::DecodeError::Invalid(message) => {
+                    located(lua, &format!("json.decode: {message}"))
+                }
+                json::DecodeError::Lua(e) => e,
+            })
+        })?,
+    )?;
+    host.set("json_null", Value::NULL)?;
+    Ok(host)
+}
+
+/// The `request` table: first query value wins, repeated headers are joined
+/// with `, ` (RFC 9110 §5.3).
+fn request_table(lua: &Lua, request: &LuaRequest) -> mlua::Result<Table> {
+    let query = lua.create_table()?;
+    for (name, value) in &request.query {
+        if query.raw_get::<Value>(name.as_str())?.is_nil() {
+            query.raw_set(name.as_str(), value.as_str())?;
+        }
+    }
+    let mut joined: Vec<(&str, Vec<u8>)> = Vec::new();
+    for (name, value) in &request.headers {
+        match joined.iter_mut().find(|(n, _)| n == name) {
+            Some((_, all)) => {
+                all.extend_from_slice(b", ");
+                all.extend_from_slice(value);
+            }
+            None => joined.push((name, value.clone())),
+        }
+    }
+    let headers = lua.create_table()?;
+    for (name, value) in joined {
+        headers.raw_set(name, lua.create_string(value)?)?;
+    }
+    let table = lua.create_table()?;
+    table.raw_set("method", request.method.as_str())?;
+    table.raw_set("path", request.path.as_str())?;
+    table.raw_set("query", query)?;
+    table.raw_set("headers", headers)?;
+    table.raw_set("body", lua.create_string(&request.body)?)?;
+    Ok(table)
+}
+
+/// Checks the arguments of `response(body [, status [, headers]])`.
+fn parse_response(
+    lua: &Lua,
+    body: Value,
+    status: Value,
+    headers: Value,
+) -> Result<LuaResponse, String> {
+    let body = match body {
+        Value::Nil => Vec::new(),
+        Value::String(s) => s.as_bytes().to_vec(),
+        v @ (Value::Integer(_) | Value::Number(_)) => lua
+            .coerce_string(v)
+            .ok()
+            .flatten()
+            .map(|s| s.as_bytes().to_vec())
+            .unwrap_or_default(),
+        other => {
+            return Err(format!(
+                "the body must be a string, not a {} (json.encode makes one from a table)",
+                other.type_name()
+            ));
+        }
+    };
+    let status = match status {
+        Value::Nil => 200,
+        Value::Integer(n) => n,
+        Value::Number(n) if n.fract() == 0.0 => n as i64,
+        _ => i64::MIN,
+    };
+    let status = u16::try_from(status)
+        .ok()
+        .filter(|s| (200..=599).contains(s))
+        .ok_or("the status must be an integer from 200 to 599")?;
+
+    let mut out = Vec::new();
+    match headers {
+        Value::Nil => {}
+        Value::Table(table) => {
+            for pair in table.pairs::<Value, Value>() {
+                let (name, value) = pair.map_err(|e| e.to_string())?;
+                add_header(lua, &mut out, name, value)?;
+            }
+        }
+        other => {
+            return Err(format!(
+                "the headers must be a table, not a {}",
+                other.type_name()
+            ));
+        }
+    }
+    // Table order is arbitrary: sort for a stable answer (a repeated
+    // header's values keep their order).
+    out.sort_by(|a: &(HeaderName, HeaderValue), b| a.0.as_str().cmp(b.0.as_str()));
+    if !out.iter().any(|(name, _)| name == header::CONTENT_TYPE) {
+        out.push((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        ));
+    }
+    debug_assert!(StatusCode::from_u16(status).is_ok());
+    Ok(LuaResponse {
+        status,
+        headers: out,
+        body,
+    })
+}
+
+/// One header of the response's header table: a string (or number) value,
+/// or a list of them for a repeated header.
+fn add_header(
+    lua: &Lua,
+    out: &mut Vec<(HeaderName, HeaderValue)>,
+    name: Value,
+    value: Value,
+) -> Result<(), String> {
+    let Value::String(name) = name else {
+        return Err(format!(
+            "header names must be strings, not {}",
+            name.type_name()
+        ));
+    };
+    let name = HeaderName::from_bytes(&name.as_bytes())
+        .map_err(|_| format!("invalid header name {:?}", name.to_string_lossy()))?;
+    if FRAMING_HEADERS.contains(&name) {
+        return Err(format!("the {name} header is set by the server"));
+    }
+    let values = match value {
+        Value::Table(list) => list
+            .sequence_values::<Value>()
+            .collect::<mlua::Result<Vec<_>>>()
+            .map_err(|e| e.to_string())?,
+        single => vec![single],
+    };
+    for value in values {
+        let text = match value {
+            Value::String(_) | Value::Integer(_) | Value::Number(_) => lua
+                .coerce_string(value)
+                .ok()
+                .flatten()
+                .map(|s| s.as_bytes().to_vec())
+                .unwrap_or_default(),
+            other => {
+                return Err(format!(
+                    "the value of header {name} must be a string, not a {}",
+                    other.type_name()
+                ));
+            }
+        };
+        let value = HeaderValue::from_bytes(&text)
+            .map_err(|_| format!("invalid value for header {name}"))?;
+        out.push((name.clone(), value));
+    }
+    Ok(())
+}
+
+/// An error raised by a host function, prefixed with the script position
+/// that called it (`echo.lua:3: …`), as Lua's own `error` does.
+fn located(lua: &Lua, message: &str) -> mlua::Error {
+    let position = (1..32).find_map(|level| {
+        lua.inspect_stack(level, |frame| {
+            let line = frame.current_line()?;
+            let source = frame.source().short_src?.into_owned();
+            Some(format!("{source}:{line}"))
+        })
+        .flatten()
+    });
+    match position {
+        Some(position) => mlua::Error::runtime(format!("{position}: {message}")),
+        None => mlua::Error::runtime(message),
+    }
+}
+
+/// The error a host function raised, not mlua's wrappers around it.
+fn root_cause(e: &mlua::Error) -> &mlua::Error {
+    match e {
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+            root_cause(cause)
+        }
+        other => other,
+    }
+}
+
+fn is_memory_error(e: &mlua::Error) -> bool {
+    matches!(root_cause(e), mlua::Error::MemoryError(_))
+}
+
+/// Lua's message, without mlua's "runtime error: " prefix.
+fn error_message(e: &mlua::Error) -> String {
+    match root_cause(e) {
+        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => m.clone(),
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The message without the stack traceback mlua appends.
+fn first_line(message: &str) -> &str {
+    message
+        .split_once("\nstack traceback:")
+        .map_or(message, |(head, _)| head)
+        .trim_end()
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

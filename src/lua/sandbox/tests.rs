@@ -1,0 +1,743 @@
+//! The sandbox on its own, without HTTP or the pool: one state, runs in
+//! sequence, so isolation between runs is tested deterministically.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::lua::ScriptName;
+
+const LIMITS: Limits = Limits {
+    memory: 4 * 1024 * 1024,
+    time: Duration::from_millis(100),
+};
+
+fn sandbox(scripts: &[(&str, &str)]) -> Sandbox {
+    Sandbox::new(&Scripts::from_sources(scripts.iter().copied()), LIMITS)
+        .expect("the sandbox starts")
+}
+
+fn target(name: &str) -> Target {
+    Target::Script(ScriptName::parse(name).unwrap())
+}
+
+fn run(sandbox: &mut Sandbox, name: &str) -> Result<LuaResponse, RunError> {
+    run_with(sandbox, name, &LuaRequest::default())
+}
+
+fn run_with(
+    sandbox: &mut Sandbox,
+    name: &str,
+    request: &LuaRequest,
+) -> Result<LuaResponse, RunError> {
+    let result = sandbox.run(&target(name), request);
+    sandbox.tidy();
+    result
+}
+
+/// The body of a successful run.
+fn answer(sandbox: &mut Sandbox, name: &str) -> String {
+    let response = run(sandbox, name).unwrap_or_else(|e| panic!("{name} failed: {e}"));
+    String::from_utf8(response.body).unwrap()
+}
+
+/// Runs one script and returns its answer.
+fn eval(source: &str) -> String {
+    answer(&mut sandbox(&[("probe", source)]), "probe")
+}
+
+fn failure(source: &str) -> RunError {
+    run(&mut sandbox(&[("probe", source)]), "probe").expect_err("the run fails")
+}
+
+fn header<'a>(response: &'a LuaResponse, name: &str) -> Vec<&'a str> {
+    response
+        .headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.to_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_inline_chunk_says_hello_world() {
+    let mut sb = sandbox(&[]);
+    let response = sb.run(&Target::Hello, &LuaRequest::default()).unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"hello world");
+    assert_eq!(
+        header(&response, "content-type"),
+        ["text/plain; charset=utf-8"]
+    );
+}
+
+#[test]
+fn the_request_table_follows_the_contract() {
+    let mut sb = sandbox(&[(
+        "echo",
+        "response(table.concat({request.method, request.path, request.query.a, request.query.b, \
+         request.headers['x-multi'], request.headers.accept, request.body, type(request.query.zzz)}, '|'))",
+    )]);
+    let request = LuaRequest {
+        method: "PATCH".into(),
+        path: "/lua/echo".into(),
+        query: vec![
+            ("a".into(), "first".into()),
+            ("b".into(), "✓".into()),
+            ("a".into(), "second".into()),
+        ],
+        headers: vec![
+            ("x-multi".into(), b"one".to_vec()),
+            ("accept".into(), b"*/*".to_vec()),
+            ("x-multi".into(), b"two".to_vec()),
+        ],
+        body: "héllo".as_bytes().to_vec(),
+    };
+    let response = run_with(&mut sb, "echo", &request).unwrap();
+    assert_eq!(
+        String::from_utf8(response.body).unwrap(),
+        "PATCH|/lua/echo|first|✓|one, two|*/*|héllo|nil"
+    );
+}
+
+#[test]
+fn response_takes_status_and_headers() {
+    let mut sb = sandbox(&[(
+        "teapot",
+        "response('short and stout', 418, {['X-Kind'] = 'teapot', ['set-cookie'] = {'a=1', 'b=2'}, \
+         ['content-type'] = 'text/x-tea', ['x-number'] = 7})",
+    )]);
+    let response = run(&mut sb, "teapot").unwrap();
+    assert_eq!(response.status, 418);
+    assert_eq!(response.body, b"short and stout");
+    assert_eq!(header(&response, "x-kind"), ["teapot"]);
+    assert_eq!(header(&response, "set-cookie"), ["a=1", "b=2"]);
+    assert_eq!(header(&response, "content-type"), ["text/x-tea"]);
+    assert_eq!(header(&response, "x-number"), ["7"]);
+}
+
+#[test]
+fn bad_response_arguments_are_script_errors_with_a_line() {
+    let cases = [
+        ("\nresponse('x', 99)", "status"),
+        ("\nresponse('x', 200.5)", "status"),
+        ("\nresponse({})", "body must be a string"),
+        (
+            "\nresponse('x', 200, {['content-length'] = '1'})",
+            "set by the server",
+        ),
+        (
+            "\nresponse('x', 200, {['bad name'] = 'v'})",
+            "invalid header name",
+        ),
+        (
+            "\nresponse('x', 200, {['x-ok'] = 'line\\nbreak'})",
+            "invalid value",
+        ),
+        ("\nresponse('x') response('y')", "already called"),
+    ];
+    for (source, expected) in cases {
+        match failure(source) {
+            RunError::Script { script, message } => {
+                assert_eq!(script, "probe.lua");
+                assert!(
+                    message.starts_with("probe.lua:2: response: "),
+                    "{source}: {message}"
+                );
+                assert!(message.contains(expected), "{source}: {message}");
+            }
+            other => panic!("{source}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_script_that_never_responds_is_an_error() {
+    assert!(matches!(
+        failure("local x = 1"),
+        RunError::NoResponse { .. }
+    ));
+}
+
+#[test]
+fn script_errors_name_the_file_and_line_only() {
+    let RunError::Script { message, .. } = failure("local t = nil\n\nreturn t.field") else {
+        panic!("not a script error")
+    };
+    assert!(
+        message.starts_with("probe.lua:3: attempt to index"),
+        "{message}"
+    );
+    assert!(!message.contains('/'), "{message}");
+    assert!(!message.contains("traceback"), "{message}");
+
+    let RunError::Script { message, .. } = failure(&format!("error('{}')", "x".repeat(5000)))
+    else {
+        panic!("not a script error")
+    };
+    assert!(
+        message.chars().count() <= MAX_DETAIL + 1,
+        "the detail is cut"
+    );
+}
+
+#[test]
+fn a_script_that_does_not_compile_is_named_with_its_line() {
+    let scripts =
+        Scripts::from_sources([("fine", "response 'ok'"), ("broken", "local x = 1\nx +")]);
+    let err = Sandbox::new(&scripts, LIMITS)
+        .err()
+        .expect("compilation fails");
+    let text = err.to_string();
+    assert!(text.contains("broken.lua:2:"), "{text}");
+    assert!(!text.contains("traceback"), "{text}");
+}
+
+#[test]
+fn binary_chunks_are_refused_at_start_up() {
+    let scripts = Scripts::from_sources([("bin", "\x1bLua\x54\x00")]);
+    let err = Sandbox::new(&scripts, LIMITS)
+        .err()
+        .expect("a binary chunk is refused");
+    assert!(err.to_string().contains("binary"), "{err}");
+}
+
+// --- The time limit -------------------------------------------------------
+
+fn assert_time_limit(source: &str) {
+    let mut sb = sandbox(&[("spin", source), ("ok", "response 'ok'")]);
+    let start = Instant::now();
+    let err = run(&mut sb, "spin").expect_err("the spin is stopped");
+    assert!(
+        matches!(err, RunError::TimeLimit { .. }),
+        "{source}: {err:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{source} ended late"
+    );
+    // The state is still usable afterwards.
+    assert_eq!(answer(&mut sb, "ok"), "ok");
+}
+
+#[test]
+fn an_endless_loop_hits_the_time_limit() {
+    assert_time_limit("while true do end");
+}
+
+#[test]
+fn pcall_cannot_swallow_the_time_limit() {
+    assert_time_limit("while true do pcall(function() while true do end end) end");
+}
+
+#[test]
+fn xpcall_cannot_swallow_the_time_limit() {
+    assert_time_limit(
+        "while true do xpcall(function() while true do end end, function(e) return e end) end",
+    );
+}
+
+#[test]
+fn a_spinning_message_handler_hits_the_time_limit() {
+    assert_time_limit("while true do xpcall(error, function() while true do end end) end");
+}
+
+#[test]
+fn coroutines_cannot_escape_the_time_limit() {
+    assert_time_limit("coroutine.wrap(function() while true do end end)()");
+    assert_time_limit(
+        "while true do coroutine.resume(coroutine.create(function() while true do end end)) end",
+    );
+}
+
+#[test]
+fn a_spinning_close_handler_hits_the_time_limit() {
+    assert_time_limit(
+        "local x <close> = setmetatable({}, {__close = function() while true do end end}) error('boom')",
+    );
+}
+
+#[test]
+fn a_coroutines_close_handler_cannot_escape_the_time_limit() {
+    // A hook error leaves a coroutine with hooks off; closing it then runs
+    // its pending __close handlers.
+    let spin_with_close_handler = "function()
+        local x <close> = setmetatable({}, {__close = function() while true do end end})
+        while true do end
+      end";
+    assert_time_limit(&format!("coroutine.wrap({spin_with_close_handler})()"));
+    assert_time_limit(&format!(
+        "local co = coroutine.create({spin_with_close_handler}) coroutine.resume(co)"
+    ));
+    assert_time_limit(&format!(
+        "local co = coroutine.create({spin_with_close_handler})
+         local guard <close> = setmetatable({{}}, {{__close = function() coroutine.close(co) end}})
+         coroutine.resume(co)"
+    ));
+    // And on the main thread.
+    assert_time_limit(
+        "local x <close> = setmetatable({}, {__close = function() while true do end end}) while true do end",
+    );
+}
+
+#[test]
+fn a_load_reader_cannot_swallow_the_time_limit() {
+    assert_time_limit("while true do load(function() while true do end end) end");
+}
+
+#[test]
+fn a_tostring_metamethod_on_an_error_cannot_escape_the_time_limit() {
+    assert_time_limit("error(setmetatable({}, {__tostring = function() while true do end end}))");
+}
+
+#[test]
+fn library_loops_are_bounded_where_the_hook_cannot_see() {
+    // Each of these would loop in C, for ever in practice, without a
+    // single VM instruction for the hook to count.
+    assert_eq!(
+        eval("response('[' .. (''):rep(1e18) .. ('x'):rep(0) .. ']')"),
+        "[]"
+    );
+    assert!(matches!(
+        failure("table.move({}, 1, 1e15, 2)"),
+        RunError::Script { message, .. } if message.contains("too many elements")
+    ));
+    assert_time_limit(
+        "table.insert(setmetatable({}, {__len = function() return 1e15 end}), 1, 'x')",
+    );
+    assert_time_limit("table.remove(setmetatable({}, {__len = function() return 1e15 end}), 1)");
+}
+
+#[test]
+fn table_insert_and_remove_keep_their_meaning() {
+    assert_eq!(
+        eval(
+            "local t = {'b', 'd'}
+             table.insert(t, 1, 'a') table.insert(t, 3, 'c') table.insert(t, 'e') table.insert(t, 6, 'f')
+             local last = table.remove(t) local first = table.remove(t, 1) local mid = table.remove(t, 2)
+             local empty = {} local none = table.remove(empty, 1) local zero = table.remove(empty, #empty)
+             local ok1 = pcall(table.insert, t, 9, 'x') local ok2 = pcall(table.remove, t, 9)
+             local ok3 = pcall(table.insert, t, 1.5, 'x') local ok4 = pcall(table.insert, t, 1, 'x', 'y')
+             local moved = table.move({1, 2, 3}, 1, 3, 2)
+             response(table.concat(t, ',') .. ' ' .. last .. first .. mid .. ' ' .. tostring(none) .. tostring(zero)
+               .. ' ' .. tostring(ok1) .. tostring(ok2) .. tostring(ok3) .. tostring(ok4)
+               .. ' ' .. table.concat(moved, ','))"
+        ),
+        "b,d,e fac nilnil falsefalsefalsefalse 1,1,2,3"
+    );
+}
+
+#[test]
+fn deep_recursion_is_an_error_not_a_crash() {
+    // Through C (pcall, gsub, metamethods) Lua stops at 200 levels; in Lua
+    // itself at its stack limit or the memory limit. The worker's stack
+    // holds either way.
+    assert_eq!(
+        eval(
+            "local function f(n) local ok = pcall(f, n + 1) return n end f(1) response('survived')"
+        ),
+        "survived"
+    );
+    assert_eq!(
+        eval("local function g(s) return (s:gsub('.', g)) end pcall(g, 'xx') response('survived')"),
+        "survived"
+    );
+    let err = failure("local function f() return 1 + f() end f()");
+    assert!(
+        matches!(err, RunError::Script { .. } | RunError::MemoryLimit { .. }),
+        "{err:?}"
+    );
+    let nested = format!(
+        "response(json.encode(json.decode('{}1{}')))",
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    assert_eq!(
+        eval(&nested),
+        format!("{}1{}", "[".repeat(100), "]".repeat(100))
+    );
+    let RunError::Script { message, .. } =
+        failure(&format!("json.decode('{}')", "[".repeat(100_000)))
+    else {
+        panic!("deep JSON was accepted")
+    };
+    assert!(message.contains("recursion limit"), "{message}");
+}
+
+// --- The memory limit -----------------------------------------------------
+
+fn assert_memory_limit(source: &str) {
+    let mut sb = sandbox(&[("hog", source), ("ok", "response 'ok'")]);
+    let err = run(&mut sb, "hog").expect_err("the hog is stopped");
+    assert!(
+        matches!(err, RunError::MemoryLimit { .. }),
+        "{source}: {err:?}"
+    );
+    assert_eq!(answer(&mut sb, "ok"), "ok");
+}
+
+#[test]
+fn a_growing_table_hits_the_memory_limit() {
+    assert_memory_limit("local t = {} while true do t[#t + 1] = ('x'):rep(1024) .. #t end");
+}
+
+#[test]
+fn a_huge_string_hits_the_memory_limit() {
+    assert_memory_limit("local s = ('x'):rep(64 * 1024 * 1024) response(#s)");
+}
+
+#[test]
+fn json_decode_counts_against_the_memory_limit() {
+    // A 1.2 MB document that decodes into a 600 000-slot table (~10 MB).
+    let doc = "local doc = '[' .. ('0,'):rep(600000) .. '0]'";
+    let caught = eval(&format!(
+        "{doc} local ok, err = pcall(json.decode, doc) response(tostring(ok) .. ' ' .. tostring(err))"
+    ));
+    assert!(
+        caught.starts_with("false") && caught.contains("memory"),
+        "{caught}"
+    );
+    assert_memory_limit(&format!("{doc} response(#json.decode(doc))"));
+}
+
+#[test]
+fn the_memory_budget_is_per_run() {
+    // Each run may use a good part of its budget (string.rep needs twice
+    // the string's size at its peak): garbage from earlier runs is not held
+    // against later ones.
+    let mut sb = sandbox(&[("big", "local s = ('x'):rep(1536 * 1024) response(#s)")]);
+    for _ in 0..5 {
+        assert_eq!(answer(&mut sb, "big"), (1536 * 1024).to_string());
+    }
+}
+
+// --- Isolation between runs -------------------------------------------------
+
+#[test]
+fn globals_do_not_leak_between_runs() {
+    let mut sb = sandbox(&[
+        (
+            "set",
+            "leaked = 'secret' _G.also = 1 _ENV.again = 2 response(leaked)",
+        ),
+        (
+            "get",
+            "response(tostring(leaked) .. tostring(also) .. tostring(again))",
+        ),
+    ]);
+    assert_eq!(answer(&mut sb, "set"), "secret");
+    assert_eq!(answer(&mut sb, "get"), "nilnilnil");
+}
+
+#[test]
+fn string_metatable_tampering_does_not_carry_over() {
+    let mut sb = sandbox(&[
+        (
+            "tamper",
+            "local mt = getmetatable('')
+             mt.__index.upper = function() return 'pwned' end
+             rawset(string, 'lower', function() return 'pwned' end)
+             mt.__add = function() return 'pwned' end
+             mt.__len = function() return -1 end
+             response(('x'):upper() .. string.lower('Y'))",
+        ),
+        (
+            "check",
+            "local ok = pcall(function() return 'a' + 'b' end)
+             response(('x'):upper() .. string.lower('Y') .. tostring(getmetatable('').__add) .. tostring(ok))",
+        ),
+    ]);
+    assert_eq!(
+        answer(&mut sb, "tamper"),
+        "pwnedpwned",
+        "tampering works within the run"
+    );
+    assert_eq!(answer(&mut sb, "check"), "Xynilfalse");
+}
+
+#[test]
+fn replacing_the_string_metatable_index_does_not_carry_over() {
+    let mut sb = sandbox(&[
+        (
+            "tamper",
+            "getmetatable('').__index = {upper = function() return 'pwned' end} response(('x'):upper())",
+        ),
+        ("check", "response(('x'):upper())"),
+    ]);
+    assert_eq!(answer(&mut sb, "tamper"), "pwned");
+    assert_eq!(answer(&mut sb, "check"), "X");
+}
+
+#[test]
+fn library_tampering_does_not_carry_over() {
+    let mut sb = sandbox(&[
+        (
+            "tamper",
+            "table.insert = nil math.pi = 3 os.time = nil coroutine.wrap = nil json.encode = nil
+             pcall = nil rawset(utf8, 'char', nil) response('done')",
+        ),
+        (
+            "check",
+            "local t = {} table.insert(t, 'ok')
+             response(t[1] .. math.pi .. type(os.time) .. type(coroutine.wrap) .. type(json.encode) \
+             .. type(pcall) .. utf8.char(0x2713))",
+        ),
+    ]);
+    assert_eq!(answer(&mut sb, "tamper"), "done");
+    assert_eq!(
+        answer(&mut sb, "check"),
+        "ok3.1415926535898functionfunctionfunctionfunction✓"
+    );
+}
+
+#[test]
+fn math_random_cannot_be_seeded_for_the_next_run() {
+    let mut sb = sandbox(&[
+        (
+            "seeded",
+            "math.randomseed(42) response(tostring(math.random(1 << 40)))",
+        ),
+        ("seed", "math.randomseed(42) response('seeded')"),
+        ("draw", "response(tostring(math.random(1 << 40)))"),
+    ]);
+    let predicted = answer(&mut sb, "seeded");
+    assert_eq!(answer(&mut sb, "seed"), "seeded");
+    assert_ne!(answer(&mut sb, "draw"), predicted);
+}
+
+#[test]
+fn finalizers_are_refused() {
+    let RunError::Script { message, .. } = failure("setmetatable({}, {__gc = function() end})")
+    else {
+        panic!("__gc was accepted")
+    };
+    assert!(message.contains("__gc"), "{message}");
+}
+
+#[test]
+fn a_run_left_in_a_coroutine_does_not_disturb_the_next() {
+    let mut sb = sandbox(&[
+        (
+            "park",
+            "leaked = 1 local co = coroutine.create(function() coroutine.yield() end) coroutine.resume(co) response('parked')",
+        ),
+        ("check", "response(tostring(leaked))"),
+    ]);
+    assert_eq!(answer(&mut sb, "park"), "parked");
+    assert_eq!(answer(&mut sb, "check"), "nil");
+}
+
+// --- What is reachable ---------------------------------------------------------
+
+#[test]
+fn the_environment_holds_exactly_the_safe_names() {
+    // Walks everything reachable from _ENV and from the string metatable.
+    let listing = eval(
+        "local seen, names = {}, {}
+         local function walk(t, prefix)
+           if seen[t] then return end
+           seen[t] = true
+           for k, v in pairs(t) do
+             local name = prefix .. tostring(k)
+             names[#names + 1] = name
+             if type(v) == 'table' and name ~= '_G' then walk(v, name .. '.') end
+           end
+         end
+         walk(_ENV, '')
+         walk(getmetatable(''), 'string_mt.')
+         table.sort(names)
+         response(table.concat(names, ' '))",
+    );
+    let names: Vec<&str> = listing.split(' ').collect();
+    let top: Vec<&str> = names.iter().copied().filter(|n| !n.contains('.')).collect();
+    assert_eq!(
+        top,
+        [
+            "_G",
+            "_VERSION",
+            "assert",
+            "coroutine",
+            "error",
+            "getmetatable",
+            "ipairs",
+            "json",
+            "load",
+            "log",
+            "math",
+            "next",
+            "os",
+            "pairs",
+            "pcall",
+            "print",
+            "rawequal",
+            "rawget",
+            "rawlen",
+            "rawset",
+            "request",
+            "response",
+            "select",
+            "setmetatable",
+            "string",
+            "table",
+            "tonumber",
+            "tostring",
+            "type",
+            "utf8",
+            "xpcall",
+        ]
+    );
+    let os: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| n.starts_with("os."))
+        .collect();
+    assert_eq!(os, ["os.clock", "os.date", "os.difftime", "os.time"]);
+    // Not in any library either (string.dump, or through the string metatable).
+    for forbidden in [
+        "io",
+        "debug",
+        "package",
+        "require",
+        "dofile",
+        "loadfile",
+        "collectgarbage",
+        "dump",
+        "loadstring",
+        "warn",
+    ] {
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.rsplit('.').next() == Some(forbidden)),
+            "{forbidden} is reachable: {listing}"
+        );
+    }
+    assert!(
+        names.contains(&"string_mt.__index"),
+        "the walk reaches the string metatable"
+    );
+}
+
+#[test]
+fn load_takes_text_in_the_runs_environment() {
+    assert_eq!(
+        eval("local f, err = load('\\27Lua\\84\\0') response(tostring(f) .. ' ' .. err)"),
+        "nil attempt to load a binary chunk (mode is 't')"
+    );
+    assert_eq!(
+        eval("local f, err = load('\\27Lua\\84\\0', 'x', 'b') response(tostring(f) .. ' ' .. err)"),
+        "nil attempt to load a binary chunk (mode is 't')"
+    );
+    assert_eq!(eval("load('x = 41')() response(tostring(x + 1))"), "42");
+    assert_eq!(
+        eval("response(tostring(load('return io or debug or require')()))"),
+        "nil"
+    );
+    assert_eq!(
+        eval(
+            "local env = {} load('y = 1', 'c', 't', env)() response(tostring(env.y) .. tostring(y))"
+        ),
+        "1nil"
+    );
+}
+
+#[test]
+fn error_values_raised_by_the_host_hide_their_metatable() {
+    assert_eq!(
+        eval(
+            "local ok, e = pcall(response, 'x', 1) response(type(getmetatable(e)) .. ' ' .. tostring(ok))"
+        ),
+        "boolean false"
+    );
+}
+
+// --- json -------------------------------------------------------------------------
+
+#[test]
+fn json_round_trips() {
+    assert_eq!(
+        eval(
+            r#"local v = json.decode('{"a":[1,2.5,"✓",true,null,{}],"b":{"c":[]},"n":null}')
+               response(json.encode(v))"#
+        ),
+        r#"{"a":[1,2.5,"✓",true,null,{}],"b":{"c":[]},"n":null}"#
+    );
+    assert_eq!(
+        eval("response(json.encode({z = 1, a = {1, 2, 3}, [5] = 'five', e = {}}))"),
+        r#"{"5":"five","a":[1,2,3],"e":{},"z":1}"#
+    );
+    assert_eq!(
+        eval("local v = json.decode('[1,null,3]') response(#v .. tostring(v[2] == json.null))"),
+        "3true"
+    );
+    assert_eq!(
+        eval("response(json.encode(request))"),
+        r#"{"body":"","headers":{},"method":"","path":"","query":{}}"#
+    );
+}
+
+#[test]
+fn json_errors_are_script_errors_with_a_line() {
+    for (source, expected) in [
+        (
+            "\njson.decode('{nope')",
+            "json.decode: key must be a string",
+        ),
+        ("\njson.decode(42)", "json.decode: expected a string"),
+        (
+            "\nlocal t = {} t.t = t json.encode(t)",
+            "json.encode: tables nested deeper",
+        ),
+        (
+            "\njson.encode({f = print})",
+            "json.encode: cannot encode a function",
+        ),
+        ("\njson.encode(0/0)", "json.encode: cannot encode NaN"),
+        (
+            "\njson.encode('\\255')",
+            "json.encode: cannot encode a string that is not UTF-8",
+        ),
+    ] {
+        match failure(source) {
+            RunError::Script { message, .. } => {
+                assert!(message.starts_with("probe.lua:2: "), "{source}: {message}");
+                assert!(message.contains(expected), "{source}: {message}");
+            }
+            other => panic!("{source}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn json_output_is_capped_at_the_memory_limit() {
+    // A table that refers to the same string many times: small in Lua,
+    // huge as text.
+    let err = failure(
+        "local s = ('x'):rep(1024 * 1024) local t = {} for i = 1, 64 do t[i] = s end json.encode(t)",
+    );
+    let RunError::Script { message, .. } = err else {
+        panic!("{err:?}")
+    };
+    assert!(message.contains("larger than"), "{message}");
+}
+
+#[test]
+fn the_json_array_marker_is_protected() {
+    assert_eq!(
+        eval(
+            "local a = json.decode('[]')
+             local ok = pcall(setmetatable, a, nil)
+             response(tostring(getmetatable(a)) .. ' ' .. tostring(ok))"
+        ),
+        "json.array false"
+    );
+}
+
+#[test]
+fn print_and_log_accept_anything() {
+    assert_eq!(
+        eval(
+            "print('a', 1, nil, {}, true) log('message') log(nil) log(setmetatable({}, {__tostring = function() return 't' end})) response('logged')"
+        ),
+        "logged"
+    );
+}
