@@ -310,11 +310,7 @@ async fn a_memory_hog_is_a_500() {
 #[tokio::test]
 async fn metrics_count_runs_errors_and_limit_hits() {
     let app = spawn_fixtures().await;
-    let metric = |text: &str, sample: &str| -> f64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-            .map_or(0.0, |v| v.trim().parse().unwrap())
-    };
+    let metric = |text: &str, sample: &str| common::metric(text, sample).unwrap_or(0.0);
     let before = text(app.get("/metrics").await).await;
     for path in [
         "/lua/ok",
@@ -393,11 +389,10 @@ async fn the_service_answers_while_every_worker_spins() {
 
     // Wait (polling) until every worker is inside a spin.
     let workers = app.state.lua.workers();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.state.lua.busy() < workers {
-        assert!(Instant::now() < deadline, "the workers never all got busy");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::eventually("every worker to be inside a spin", || async {
+        app.state.lua.busy() >= workers
+    })
+    .await;
     for path in ["/hello", "/healthz"] {
         let start = Instant::now();
         let response = app.get(path).await;
