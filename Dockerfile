@@ -1,0 +1,69 @@
+# skiff's image: one static binary FROM scratch, nothing else.
+#
+#   docker build -t skiff .                                  # full build
+#   docker build --build-arg BUILD_FLAGS=--minimal -t skiff:minimal .
+#
+# Reproducible: build the same commit with the same RUST_VERSION and
+# SOURCE_DATE_EPOCH (e.g. `git log -1 --format=%ct`) and you get the same
+# image: podman `--timestamp "$SOURCE_DATE_EPOCH"`, docker buildx
+# `--build-arg SOURCE_DATE_EPOCH=… --output type=image,rewrite-timestamp=true`.
+# The binary reads no clock at build time and its paths are remapped to fixed
+# ones by scripts/build-static. docs/IMAGE.md has the details.
+#
+# The test suite (scripts/test-image) builds the binary on the host and
+# replaces this `build` stage with a directory holding the same /rootfs
+# (`podman build --build-context build=DIR`), so the final stage below is
+# exactly what ships.
+
+ARG RUST_VERSION=1.95.0
+
+# ---------------------------------------------------------------- build ---
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+# Set by buildx/podman from --platform (amd64, arm64); build-static maps it
+# to the musl target triple.
+ARG TARGETARCH
+# e.g. --minimal (hello routes only) or `--features lua,users`.
+ARG BUILD_FLAGS=""
+WORKDIR /skiff
+
+# Dependencies in their own layer: a stub crate with the real manifests, so
+# this layer is rebuilt only when Cargo.toml, Cargo.lock or build.rs change.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY .cargo .cargo
+COPY scripts/build-static scripts/build-static
+RUN mkdir -p src && echo 'fn main() {}' > src/main.rs && : > src/lib.rs \
+ && scripts/build-static ${TARGETARCH:-amd64} ${BUILD_FLAGS} --deps-only
+
+# The real sources. Touching the crate roots makes cargo rebuild skiff itself
+# even when the copied files are older than the stub's artifacts.
+COPY . .
+ARG REVISION=""
+RUN touch src/lib.rs src/main.rs \
+ && SKIFF_GIT_COMMIT="$(printf '%.12s' "${REVISION:-unknown}")" \
+    scripts/build-static ${TARGETARCH:-amd64} ${BUILD_FLAGS} --out /rootfs \
+ && install -d -m 0755 /rootfs/etc \
+ && install -m 0644 image/passwd image/group /rootfs/etc/ \
+ && install -d -m 0700 -o 65534 -g 65534 /rootfs/data \
+ && chmod 0755 /rootfs /rootfs/skiff
+
+# ---------------------------------------------------------------- image ---
+FROM scratch
+ARG VERSION=0.1.0
+ARG REVISION=""
+ARG SOURCE=https://example.invalid/skiff
+# /skiff, /etc/passwd, /etc/group (root and nobody) and /data owned by nobody.
+COPY --from=build /rootfs/ /
+USER 65534:65534
+EXPOSE 8080
+ENV DATABASE_URL=sqlite:///data/skiff.db
+# No shell and no curl in here: the binary checks its own /healthz.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/skiff", "healthcheck"]
+ENTRYPOINT ["/skiff"]
+CMD ["serve"]
+LABEL org.opencontainers.image.title="skiff" \
+      org.opencontainers.image.description="A small, production-grade web API in one static binary, shipped FROM scratch." \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0"
