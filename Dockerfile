@@ -18,27 +18,36 @@
 ARG RUST_VERSION=1.95.0
 
 # ---------------------------------------------------------------- build ---
-FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS chef
+ARG CARGO_CHEF_VERSION=0.1.78
+RUN cargo install --locked cargo-chef --version "${CARGO_CHEF_VERSION}"
+WORKDIR /skiff
+
+# The recipe: manifests, lock file and a stub for every target, so the
+# dependency layer below is rebuilt only when they change.
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS build
 # Set by buildx/podman from --platform (amd64, arm64); build-static maps it
 # to the musl target triple.
 ARG TARGETARCH
 # e.g. --minimal (hello routes only) or `--features lua,users`.
 ARG BUILD_FLAGS=""
-WORKDIR /skiff
-
-# Dependencies in their own layer: a stub crate with the real manifests, so
-# this layer is rebuilt only when Cargo.toml, Cargo.lock or build.rs change.
-COPY Cargo.toml Cargo.lock build.rs ./
-COPY .cargo .cargo
+# Dependencies in their own layer. cargo-chef lays out the skeleton and
+# build-static compiles it, with the same flags (path remapping, features,
+# target) as the real build below, so that build reuses every artifact.
+COPY --from=planner /skiff/recipe.json recipe.json
 COPY scripts/build-static scripts/build-static
-RUN mkdir -p src && echo 'fn main() {}' > src/main.rs && : > src/lib.rs \
+RUN cargo chef cook --no-build --recipe-path recipe.json \
  && scripts/build-static ${TARGETARCH:-amd64} ${BUILD_FLAGS} --deps-only
 
-# The real sources. Touching the crate roots makes cargo rebuild skiff itself
-# even when the copied files are older than the stub's artifacts.
+# The real sources. Copied files keep their (older) times; touching them
+# makes cargo rebuild skiff and its build script rather than trust the stubs.
 COPY . .
 ARG REVISION=""
-RUN touch src/lib.rs src/main.rs \
+RUN find src build.rs -type f -exec touch {} + \
  && SKIFF_GIT_COMMIT="$(printf '%.12s' "${REVISION:-unknown}")" \
     scripts/build-static ${TARGETARCH:-amd64} ${BUILD_FLAGS} --out /rootfs \
  && install -d -m 0755 /rootfs/etc \
