@@ -20,7 +20,11 @@ ARG RUST_VERSION=1.95.0
 # ---------------------------------------------------------------- build ---
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS chef
 ARG CARGO_CHEF_VERSION=0.1.78
-RUN cargo install --locked cargo-chef --version "${CARGO_CHEF_VERSION}"
+# musl-gcc compiles the C inside (SQLite, Lua, ring, mimalloc) for musl.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends musl-tools \
+ && rm -rf /var/lib/apt/lists/* \
+ && cargo install --locked cargo-chef --version "${CARGO_CHEF_VERSION}"
 WORKDIR /skiff
 
 # The recipe: manifests, lock file and a stub for every target, so the
