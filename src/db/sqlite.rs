@@ -45,7 +45,10 @@ pub fn options(url: &str) -> Result<SqliteConnectOptions, DbError> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(BUSY_TIMEOUT)
-        .foreign_keys(true))
+        .foreign_keys(true)
+        // Temporary tables and sort spills stay in memory: the image's root
+        // is read-only and has no /tmp.
+        .pragma("temp_store", "MEMORY"))
 }
 
 /// Whether `url` names an in-memory database (which lives only as long as
