@@ -2,6 +2,12 @@
 #
 #   docker build -t skiff .                                  # full build
 #   docker build --build-arg BUILD_FLAGS=--minimal -t skiff:minimal .
+#   docker buildx build --platform linux/amd64,linux/arm64 -t skiff .   # both
+#
+# Cross-builds like Go's GOARCH: the builder stages run on the build host's
+# own platform ($BUILDPLATFORM, no emulation) and scripts/build-static
+# compiles for the image's ($TARGETARCH): amd64 with musl-gcc, arm64 with
+# cargo-zigbuild and Zig (installed by the script).
 #
 # Reproducible: build the same commit with the same RUST_VERSION and
 # SOURCE_DATE_EPOCH (e.g. `git log -1 --format=%ct`) and you get the same
@@ -18,11 +24,12 @@
 ARG RUST_VERSION=1.95.0
 
 # ---------------------------------------------------------------- build ---
-FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS chef
+FROM --platform=$BUILDPLATFORM docker.io/library/rust:${RUST_VERSION}-bookworm AS chef
 ARG CARGO_CHEF_VERSION=0.1.78
-# musl-gcc compiles the C inside (SQLite, Lua, ring, mimalloc) for musl.
+# musl-gcc compiles the C inside (SQLite, Lua, ring, mimalloc) for x86_64
+# musl; python3-venv holds the Zig cross toolchain for other targets.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools \
+ && apt-get install -y --no-install-recommends musl-tools python3-venv \
  && rm -rf /var/lib/apt/lists/* \
  && cargo install --locked cargo-chef --version "${CARGO_CHEF_VERSION}"
 WORKDIR /skiff
@@ -37,13 +44,16 @@ FROM chef AS build
 # Set by buildx/podman from --platform (amd64, arm64); build-static maps it
 # to the musl target triple.
 ARG TARGETARCH
+# The toolchain for that target (the rustup target; for arm64 also Zig and
+# cargo-zigbuild, pinned, in a venv under target/tools) in its own layer.
+COPY scripts/build-static scripts/build-static
+RUN scripts/build-static ${TARGETARCH:-amd64} --tools-only
 # e.g. --minimal (hello routes only) or `--features lua,users`.
 ARG BUILD_FLAGS=""
 # Dependencies in their own layer. cargo-chef lays out the skeleton and
 # build-static compiles it, with the same flags (path remapping, features,
 # target) as the real build below, so that build reuses every artifact.
 COPY --from=planner /skiff/recipe.json recipe.json
-COPY scripts/build-static scripts/build-static
 RUN cargo chef cook --no-build --recipe-path recipe.json \
  && scripts/build-static ${TARGETARCH:-amd64} ${BUILD_FLAGS} --deps-only
 
