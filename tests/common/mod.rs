@@ -123,12 +123,21 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_j
 pub mod stub;
 
 /// Polls `condition` every 10 ms until it holds; panics after 10 s.
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+pub async fn eventually<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    eventually_within(what, Duration::from_secs(10), condition).await;
+}
+
+/// Polls `condition` every 10 ms until it holds; panics after `timeout`.
+pub async fn eventually_within<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
     while !condition().await {
         assert!(
             tokio::time::Instant::now() < deadline,
