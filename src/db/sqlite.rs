@@ -55,10 +55,27 @@ pub fn in_memory(url: &str) -> bool {
 }
 
 fn open_error(options: &SqliteConnectOptions, e: sqlx::Error) -> DbError {
+    let path = options.get_filename();
+    let why = os_reason(path)
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
     DbError::Unavailable(format!(
-        "cannot open the SQLite database {}: {e}",
-        options.get_filename().display()
+        "cannot open the SQLite database {}: {e}{why}",
+        path.display()
     ))
+}
+
+/// What the OS says about opening `path` for writing, when SQLite's own
+/// message ("unable to open database file") does not: a read-only file
+/// system, a missing directory, a permission. Opening for append changes
+/// nothing.
+fn os_reason(path: &Path) -> Option<String> {
+    if path.exists() {
+        let opened = std::fs::OpenOptions::new().append(true).open(path);
+        return opened.err().map(|e| e.to_string());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    (!dir.is_dir()).then(|| format!("the directory {} does not exist", dir.display()))
 }
 
 /// What the writer task is asked to do.

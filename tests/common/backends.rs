@@ -9,8 +9,10 @@
 //! `users` feature, the other test files do not.
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -271,7 +273,21 @@ pub async fn fetch(app: &TestApp, id: &str) -> (u16, Option<String>, Value) {
 
 /// A `skiff` command with a clean environment, on `database_url`.
 pub fn skiff(database_url: &str, dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    skiff_via(&[], database_url, dir)
+}
+
+/// [`skiff`] run by `wrapper` (e.g. `["setpriv", "--reuid=65534", …, "--"]`),
+/// which must exec it (so killing the child kills skiff).
+pub fn skiff_via(wrapper: &[&str], database_url: &str, dir: &std::path::Path) -> Command {
+    let binary = env!("CARGO_BIN_EXE_skiff");
+    let mut cmd = match wrapper {
+        [] => Command::new(binary),
+        [program, args @ ..] => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(binary);
+            cmd
+        }
+    };
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SKIFF_BIND", "127.0.0.1")
@@ -332,4 +348,34 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What is in the SQLite file of `url`, read directly (opening it recovers
+/// its WAL, as skiff would on start): `PRAGMA integrity_check`'s verdict
+/// (`"ok"` when sound) and the ids of the users stored.
+pub async fn inspect_sqlite(url: &str) -> (String, HashSet<uuid::Uuid>) {
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .expect("a SQLite URL")
+        .create_if_missing(false);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .expect("the database file opens");
+    let verdict: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_all(&mut conn)
+        .await
+        .expect("integrity_check runs");
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM users")
+        .fetch_all(&mut conn)
+        .await
+        .expect("the users table reads");
+    let _ = conn.close().await;
+    (verdict.join("\n"), ids.into_iter().collect())
+}
+
+/// The id of a user as the API returned it.
+pub fn id_of(user: &Value) -> uuid::Uuid {
+    user["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("a user with an id: {user}"))
 }
