@@ -241,7 +241,7 @@ async fn a_read_only_database_file_refuses_writes_with_503_and_keeps_serving_rea
         assert_eq!(r.status(), 201);
         users.push(r.json::<Value>().await.unwrap());
     }
-    stop(server);
+    server.stop();
     chmod(&db, 0o444);
 
     // It starts (no migration is pending, so nothing to write), serves
@@ -276,7 +276,7 @@ async fn a_read_only_database_file_refuses_writes_with_503_and_keeps_serving_rea
             "{problem}"
         );
     }
-    stop(server);
+    server.stop();
 
     chmod(&db, 0o644);
     let (verdict, stored) = inspect_sqlite(&url).await;
@@ -304,7 +304,7 @@ async fn a_read_only_file_system_stops_start_up_with_a_clear_message() {
         .unwrap();
     assert_eq!(r.status(), 201);
     let user: Value = r.json().await.unwrap();
-    stop(server);
+    server.stop();
     disk.remount("ro");
 
     for args in [&["serve"][..], &["serve", "--no-migrate"]] {
@@ -325,15 +325,4 @@ async fn a_read_only_file_system_stops_start_up_with_a_clear_message() {
     let (verdict, stored) = inspect_sqlite(&url).await;
     assert_eq!(verdict, "ok");
     assert!(stored.contains(&id_of(&user)));
-}
-
-/// SIGTERM, and wait for a clean exit.
-fn stop(mut server: Server) {
-    let pid = server.child.id().to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    let status = server.child.wait().unwrap();
-    assert!(status.success(), "skiff exits 0 on SIGTERM: {status}");
 }

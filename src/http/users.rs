@@ -475,7 +475,7 @@ async fn root_get(
     let Some(id) = first_param(&uri, "id") else {
         return Ok(super::demo::root(headers).await);
     };
-    auth::check(state.config.credentials.as_ref(), &headers)?;
+    auth::authorize(&state, &axum::http::Method::GET, &uri, &headers)?;
     show(&state, parse_id(&id)?, &headers).await
 }
 

@@ -301,6 +301,8 @@ pub fn skiff_via(wrapper: &[&str], database_url: &str, dir: &std::path::Path) ->
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// Every line it wrote on stdout (its log) so far.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -322,9 +324,15 @@ impl Server {
             .expect("skiff starts");
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut kept = kept.lock().unwrap();
+                kept.push_str(&line);
+                kept.push('\n');
+                drop(kept);
                 if !sent && line.contains("skiff listening") {
                     let v: Value = serde_json::from_str(&line).expect("a JSON log line");
                     let _ = tx.send(v["addr"].as_str().expect("addr").to_owned());
@@ -335,7 +343,32 @@ impl Server {
         let addr = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("skiff logs the address it listens on");
-        Server { child, addr }
+        Server { child, addr, log }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM, waits for the exit (which must be clean), and returns
+    /// the whole log.
+    pub fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        let status = self.child.wait().expect("skiff exits");
+        assert!(status.success(), "skiff exits 0 on SIGTERM: {status}");
+        // The reader thread sees the pipe close once the process is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::sync::Arc::strong_count(&self.log) > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log is read to its end"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.log()
     }
 
     pub fn url(&self, path: &str) -> String {
