@@ -199,9 +199,11 @@ async fn postgres_stopped_mid_run_gives_503s_and_the_service_recovers_by_itself(
         let (outcomes, acked) = load.finish().await;
 
         let refused = outcomes.iter().filter(|o| o.status == Ok(503)).count();
+        let slowest = outcomes.iter().map(|o| o.took).max().unwrap_or_default();
         eprintln!(
             "round {round}: {} requests, {} acknowledged ({during} before the database was back), \
-             {refused} refused with 503; /readyz down {noticed:?} after the stop; \
+             {refused} refused with 503, slowest answer {slowest:?}; \
+             /readyz down {noticed:?} after the stop; \
              writes succeed {recovered:?} after the database is back",
             outcomes.len(),
             acked.len()

@@ -436,6 +436,7 @@ impl Writers {
     pub fn start(server: &Server, tag: &str, count: usize) -> Writers {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(crate::common::CLIENT_IDLE)
             .build()
             .expect("a client");
         let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Acknowledged::default()));

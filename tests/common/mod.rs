@@ -34,6 +34,13 @@ pub fn test_config() -> (Config, tempfile::TempDir) {
     (config, dir)
 }
 
+/// How long test clients keep an idle connection for reuse: less than the
+/// server keeps it. The server closes an idle keep-alive connection after
+/// `SKIFF_HEADER_TIMEOUT` (hyper's header read timer runs while it waits
+/// for the next request); a client that reuses one at that very moment sees
+/// its request fail, as any HTTP/1.1 client would. (docs/RELIABILITY.md)
+pub const CLIENT_IDLE: Duration = Duration::from_secs(1);
+
 /// Spawns the app with the test configuration.
 pub async fn spawn() -> TestApp {
     let (config, dir) = test_config();
@@ -56,6 +63,7 @@ pub async fn spawn_with(config: Config, dir: tempfile::TempDir) -> TestApp {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(CLIENT_IDLE)
         .build()
         .expect("a client builds");
     TestApp {
