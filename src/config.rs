@@ -249,7 +249,12 @@ impl Config {
                     || v.starts_with("postgresql://");
                 ok.then(|| v.to_string())
             },
-        )?;
+        )
+        .map_err(|mut e| {
+            // The error is printed: never with the database password.
+            e.value = redact_password(&e.value);
+            e
+        })?;
         let log_filter = parse_with(
             src.lookup(("log", &f.log), &["SKIFF_LOG", "RUST_LOG"]),
             d.log_filter,
@@ -457,6 +462,24 @@ fn credentials(src: &Sources<'_>) -> Result<Option<Credentials>, ConfigError> {
     }
 }
 
+/// `url` with the password of its user info (`scheme://user:PASSWORD@host`)
+/// replaced by `***`, for messages.
+pub fn redact_password(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i) else {
+        return url.to_string();
+    };
+    match url[start..at].find(':').map(|i| start + i) {
+        Some(colon) => format!("{}***{}", &url[..=colon], &url[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// Parses `250ms`, `3s`, `1.5s`, `2m`, `1h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
@@ -513,6 +536,23 @@ mod tests {
             .collect();
         let env = move |name: &str| map.get(name).cloned();
         Config::from_sources(&Sources { flags, env: &env })
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        for (url, shown) in [
+            (
+                "postgres://u:pw@h:5432/db?x=1",
+                "postgres://u:***@h:5432/db?x=1",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://h/db?user=u@x", "postgres://h/db?user=u@x"),
+            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
+            ("sqlite://skiff.db", "sqlite://skiff.db"),
+            ("nonsense", "nonsense"),
+        ] {
+            assert_eq!(redact_password(url), shown, "{url}");
+        }
     }
 
     #[test]
@@ -606,6 +646,13 @@ mod tests {
         assert_eq!(e.name, "--body-limit");
         let e = load(&ConfigFlags::default(), &[("DATABASE_URL", "mysql://x")]).unwrap_err();
         assert_eq!(e.name, "DATABASE_URL");
+        let url = "mysql://ada:s3:cr@t@db.example/app";
+        let e = load(&ConfigFlags::default(), &[("DATABASE_URL", url)]).unwrap_err();
+        assert!(!e.to_string().contains("s3:cr"), "{e}");
+        assert!(
+            e.to_string().contains("mysql://ada:***@db.example/app"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub const IP_CACHE_HITS: &str = "skiff_ip_cache_hits_total";
 pub const LUA_RUNS: &str = "skiff_lua_runs_total";
 pub const LUA_ERRORS: &str = "skiff_lua_errors_total";
 pub const LUA_LIMIT_HITS: &str = "skiff_lua_limit_hits_total";
+pub const AUTH_FAILURES: &str = "skiff_auth_failures_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -102,6 +103,10 @@ fn describe() {
     );
     metrics::describe_counter!(IP_UPSTREAM_CALLS, "Calls to the /ip upstream, by outcome");
     metrics::describe_counter!(IP_CACHE_HITS, "/ip answers served from the cache");
+    metrics::describe_counter!(
+        AUTH_FAILURES,
+        "Requests refused for missing, malformed or wrong credentials, by reason"
+    );
     metrics::describe_counter!(LUA_RUNS, "Lua script runs");
     metrics::describe_counter!(LUA_ERRORS, "Lua script runs that failed, by kind");
     metrics::describe_counter!(

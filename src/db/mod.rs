@@ -33,6 +33,11 @@ pub enum DbError {
     /// same request may succeed later.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The storage refuses writes for a reason outside skiff that an
+    /// operator fixes (disk full, read-only): says which, in words fit for
+    /// a client. Nothing was written.
+    #[error("the database cannot store writes: {0}")]
+    CannotWrite(String),
     /// Migrations failed, or the database's do not match this binary's.
     #[error("migrations: {0}")]
     Migration(String),
@@ -48,9 +53,53 @@ impl From<sqlx::Error> for DbError {
             E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
                 DbError::Unavailable(e.to_string())
             }
+            E::Database(ref db) => match classify(db.as_ref()) {
+                Some(Class::Unavailable) => DbError::Unavailable(e.to_string()),
+                Some(Class::CannotWrite(why)) => DbError::CannotWrite(why.into()),
+                None => DbError::Failed(e.to_string()),
+            },
             E::Migrate(m) => DbError::Migration(m.to_string()),
             other => DbError::Failed(other.to_string()),
         }
+    }
+}
+
+/// What a database's own error code says about retrying.
+enum Class {
+    /// The server is going away, restarting, overloaded or locked: the
+    /// same request may succeed later.
+    Unavailable,
+    /// The storage refuses writes (the reason, for the client to read).
+    CannotWrite(&'static str),
+}
+
+/// Sorts the errors that are about the database's state rather than the
+/// request. A PostgreSQL server that shuts down ends the sessions of
+/// in-flight queries with `57P01`, and one starting up refuses with
+/// `57P03`; SQLite says `SQLITE_FULL` when the disk is full and
+/// `SQLITE_READONLY` when its file or directory cannot be written.
+fn classify(db: &dyn sqlx::error::DatabaseError) -> Option<Class> {
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        let code = pg.code();
+        // 08: connection exception; 53: insufficient resources (53100 is
+        // disk full); 57P0x: shutdown, crash, starting up; 57014: query
+        // cancelled; 25006: a read-only (standby) server.
+        return match code {
+            "53100" => Some(Class::CannotWrite("the database server's disk is full")),
+            "25006" => Some(Class::CannotWrite("the database server is read-only")),
+            _ if code.starts_with("08") || code.starts_with("53") => Some(Class::Unavailable),
+            "57P01" | "57P02" | "57P03" | "57014" => Some(Class::Unavailable),
+            _ => None,
+        };
+    }
+    // SQLite: the primary result code is the low byte of the extended one.
+    let code: i32 = db.code()?.parse().ok()?;
+    match code & 0xff {
+        13 => Some(Class::CannotWrite("the disk holding the database is full")),
+        8 => Some(Class::CannotWrite("the database file is read-only")),
+        // BUSY, LOCKED: another process holds the lock past the timeout.
+        5 | 6 => Some(Class::Unavailable),
+        _ => None,
     }
 }
 

@@ -58,10 +58,27 @@ pub fn in_memory(url: &str) -> bool {
 }
 
 fn open_error(options: &SqliteConnectOptions, e: sqlx::Error) -> DbError {
+    let path = options.get_filename();
+    let why = os_reason(path)
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
     DbError::Unavailable(format!(
-        "cannot open the SQLite database {}: {e}",
-        options.get_filename().display()
+        "cannot open the SQLite database {}: {e}{why}",
+        path.display()
     ))
+}
+
+/// What the OS says about opening `path` for writing, when SQLite's own
+/// message ("unable to open database file") does not: a read-only file
+/// system, a missing directory, a permission. Opening for append changes
+/// nothing.
+fn os_reason(path: &Path) -> Option<String> {
+    if path.exists() {
+        let opened = std::fs::OpenOptions::new().append(true).open(path);
+        return opened.err().map(|e| e.to_string());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    (!dir.is_dir()).then(|| format!("the directory {} does not exist", dir.display()))
 }
 
 /// What the writer task is asked to do.
@@ -304,9 +321,25 @@ async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>, stop: onesh
 /// email, no such user, precondition) only fails itself; a database error
 /// rolls the whole batch back and fails every write in it, so nothing
 /// unsynced is ever acknowledged.
+///
+/// The transaction is plain `BEGIN`/`COMMIT`/`ROLLBACK` statements, not
+/// sqlx's `Transaction`: after `SQLITE_FULL` or an I/O error SQLite may
+/// have rolled back by itself, sqlx's own `ROLLBACK` then fails and its
+/// bookkeeping stays "in a transaction" for good, so every later write
+/// failed (found by tests/reliability_sqlite.rs, disk full). SQLite's
+/// advice is an explicit `ROLLBACK` whose failure is ignored.
 async fn run_batch(pool: &SqlitePool, ops: Vec<Op>) -> Result<Vec<Reply>, DbError> {
     let mut conn = pool.acquire().await?;
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let written = write_batch(&mut conn, ops).await;
+    if written.is_err() {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    written
+}
+
+/// The body of [`run_batch`], inside its transaction; commits at the end.
+async fn write_batch(tx: &mut SqliteConnection, ops: Vec<Op>) -> Result<Vec<Reply>, DbError> {
     let mut answers: Vec<Option<Reply>> = ops.iter().map(|_| None).collect();
     // Consecutive creates are inserted by one statement.
     let mut creates: Vec<(usize, User)> = Vec::new();
@@ -322,16 +355,14 @@ async fn run_batch(pool: &SqlitePool, ops: Vec<Op>) -> Result<Vec<Reply>, DbErro
                 patch,
                 now,
             } => {
-                insert_all(&mut tx, &mut creates, &mut answers).await?;
-                update(&mut tx, id, versions.as_deref(), &patch, now)
+                insert_all(tx, &mut creates, &mut answers).await?;
+                update(tx, id, versions.as_deref(), &patch, now)
                     .await
                     .map(Some)
             }
             Op::Delete { id, versions } => {
-                insert_all(&mut tx, &mut creates, &mut answers).await?;
-                delete(&mut tx, id, versions.as_deref())
-                    .await
-                    .map(|()| None)
+                insert_all(tx, &mut creates, &mut answers).await?;
+                delete(tx, id, versions.as_deref()).await.map(|()| None)
             }
         };
         if let Err(WriteError::Db(e)) = &answer {
@@ -339,8 +370,8 @@ async fn run_batch(pool: &SqlitePool, ops: Vec<Op>) -> Result<Vec<Reply>, DbErro
         }
         answers[i] = Some(answer);
     }
-    insert_all(&mut tx, &mut creates, &mut answers).await?;
-    tx.commit().await?;
+    insert_all(tx, &mut creates, &mut answers).await?;
+    sqlx::query("COMMIT").execute(&mut *tx).await?;
     Ok(answers
         .into_iter()
         .map(|a| a.expect("every write of the batch is answered"))

@@ -151,6 +151,11 @@ fn db_error(e: DbError) -> Error {
             detail: "the database is unavailable; try again".into(),
             retry_after: Some(1),
         },
+        // Not over in a second: no Retry-After.
+        DbError::CannotWrite(why) => Error::Unavailable {
+            detail: format!("{why}: nothing was written; try again once it is fixed"),
+            retry_after: None,
+        },
         _ => Error::Internal("a database error happened; it has been logged".into()),
     }
 }
@@ -470,7 +475,7 @@ async fn root_get(
     let Some(id) = first_param(&uri, "id") else {
         return Ok(super::demo::root(headers).await);
     };
-    auth::check(state.config.credentials.as_ref(), &headers)?;
+    auth::authorize(&state, &axum::http::Method::GET, &uri, &headers)?;
     show(&state, parse_id(&id)?, &headers).await
 }
 

@@ -34,6 +34,13 @@ pub fn test_config() -> (Config, tempfile::TempDir) {
     (config, dir)
 }
 
+/// How long test clients keep an idle connection for reuse: less than the
+/// server keeps it. The server closes an idle keep-alive connection after
+/// `SKIFF_HEADER_TIMEOUT` (hyper's header read timer runs while it waits
+/// for the next request); a client that reuses one at that very moment sees
+/// its request fail, as any HTTP/1.1 client would. (docs/RELIABILITY.md)
+pub const CLIENT_IDLE: Duration = Duration::from_secs(1);
+
 /// Spawns the app with the test configuration.
 pub async fn spawn() -> TestApp {
     let (config, dir) = test_config();
@@ -56,6 +63,7 @@ pub async fn spawn_with(config: Config, dir: tempfile::TempDir) -> TestApp {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(CLIENT_IDLE)
         .build()
         .expect("a client builds");
     TestApp {
@@ -123,12 +131,21 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_j
 pub mod stub;
 
 /// Polls `condition` every 10 ms until it holds; panics after 10 s.
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+pub async fn eventually<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    eventually_within(what, Duration::from_secs(10), condition).await;
+}
+
+/// Polls `condition` every 10 ms until it holds; panics after `timeout`.
+pub async fn eventually_within<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
     while !condition().await {
         assert!(
             tokio::time::Instant::now() < deadline,

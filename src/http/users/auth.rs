@@ -3,7 +3,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Method, Uri, header};
 use base64::Engine as _;
 use subtle::ConstantTimeEq;
 
@@ -21,18 +21,86 @@ impl FromRequestParts<AppState> for Authorized {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        check(state.config.credentials.as_ref(), &parts.headers)
+        authorize(state, &parts.method, &parts.uri, &parts.headers)
+    }
+}
+
+/// [`check`], with a refusal recorded and turned into the `401`.
+pub fn authorize(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Authorized, Error> {
+    check(state.config.credentials.as_ref(), headers).map_err(|refused| {
+        refused.record(method, uri, headers);
+        Error::Unauthorized
+    })
+}
+
+/// Why credentials were refused: logged and counted, never shown to the
+/// client (who gets the same `401` whatever the reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No `Authorization` header: a client's first try, usually.
+    Missing,
+    /// Not `Basic` credentials that decode to `user:password`.
+    Malformed,
+    /// Well-formed credentials that do not match.
+    Wrong,
+}
+
+impl Refused {
+    fn as_str(self) -> &'static str {
+        match self {
+            Refused::Missing => "missing",
+            Refused::Malformed => "malformed",
+            Refused::Wrong => "wrong",
+        }
+    }
+
+    /// One log line (never with the credentials themselves) and the
+    /// `skiff_auth_failures_total` counter, by reason. Missing credentials
+    /// are how Basic authentication starts, so they are only logged at
+    /// debug level; malformed and wrong ones are warnings.
+    fn record(self, method: &Method, uri: &Uri, headers: &HeaderMap) {
+        metrics::counter!(crate::telemetry::AUTH_FAILURES, "reason" => self.as_str()).increment(1);
+        let request_id = headers
+            .get(crate::http::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let (method, path) = (method.as_str(), uri.path());
+        if self == Refused::Missing {
+            tracing::debug!(
+                reason = self.as_str(),
+                method,
+                path,
+                request_id,
+                "authentication failed"
+            );
+        } else {
+            tracing::warn!(
+                reason = self.as_str(),
+                method,
+                path,
+                request_id,
+                "authentication failed"
+            );
+        }
     }
 }
 
 /// `Ok` when `expected` is unset or `headers` carry exactly those Basic
 /// credentials. Both halves are always compared, each in constant time, so
 /// the time taken does not tell which half (or which byte) was wrong.
-pub fn check(expected: Option<&Credentials>, headers: &HeaderMap) -> Result<Authorized, Error> {
+pub fn check(expected: Option<&Credentials>, headers: &HeaderMap) -> Result<Authorized, Refused> {
     let Some(expected) = expected else {
         return Ok(Authorized);
     };
-    let (user, password) = basic_credentials(headers).ok_or(Error::Unauthorized)?;
+    if !headers.contains_key(header::AUTHORIZATION) {
+        return Err(Refused::Missing);
+    }
+    let (user, password) = basic_credentials(headers).ok_or(Refused::Malformed)?;
     let user_ok = user.as_bytes().ct_eq(expected.user.as_bytes());
     let password_ok = password
         .as_bytes()
@@ -40,7 +108,7 @@ pub fn check(expected: Option<&Credentials>, headers: &HeaderMap) -> Result<Auth
     if bool::from(user_ok & password_ok) {
         Ok(Authorized)
     } else {
-        Err(Error::Unauthorized)
+        Err(Refused::Wrong)
     }
 }
 
@@ -100,10 +168,17 @@ mod tests {
         ] {
             assert!(check(Some(&c), &basic(wrong)).is_err(), "{wrong}");
         }
-        assert!(check(Some(&c), &HeaderMap::new()).is_err());
+        assert_eq!(
+            check(Some(&c), &basic("admin:nope")).err(),
+            Some(Refused::Wrong)
+        );
+        assert_eq!(
+            check(Some(&c), &HeaderMap::new()).err(),
+            Some(Refused::Missing)
+        );
         let mut bearer = HeaderMap::new();
         bearer.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-        assert!(check(Some(&c), &bearer).is_err());
+        assert_eq!(check(Some(&c), &bearer).err(), Some(Refused::Malformed));
     }
 
     #[test]
