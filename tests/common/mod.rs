@@ -106,6 +106,15 @@ impl TestApp {
     }
 }
 
+/// The response's `Content-Type`, or "" when it has none.
+pub fn content_type(response: &reqwest::Response) -> &str {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
 /// Asserts that `response` is an RFC 9457 problem with `status`, and returns
 /// its body.
 pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_json::Value {
