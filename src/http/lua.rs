@@ -58,11 +58,11 @@ pub async fn hello(
 /// That response is passed through as is, whatever its status. Each run
 /// has its own globals and is limited in memory (`SKIFF_LUA_MEMORY`) and
 /// time (`SKIFF_LUA_TIMEOUT`).
-#[utoipa::path(method(get, post, put, patch, delete, head, options), path = "/lua/{name}", tag = "lua",
+#[utoipa::path(method(get, post, put, patch, delete, head, options, trace), path = "/lua/{name}", tag = "lua",
     params(("name" = String, Path, description = "The script name, `[A-Za-z0-9_-]{1,64}`", example = "echo")),
     request_body(content = String, description = "Any body; the script sees it as `request.body`", content_type = "*/*"),
     responses(
-        (status = 200, description = "What the script answered: any status, headers and body it chose", body = String, content_type = "*/*"),
+        (status = 200, description = "What the script answered: any status, headers and body it chose (any media type, any content)", body = serde_json::Value, content_type = "*/*"),
         (status = 404, description = "No script by that name (or not a valid script name)", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The script failed (the detail names its file and line), exceeded its memory limit, or never called `response`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The script exceeded its time limit, or every Lua worker is busy (then with `Retry-After`)", body = Problem, content_type = "application/problem+json")))]
