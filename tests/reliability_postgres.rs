@@ -5,6 +5,8 @@
 //! database comes back, with every acknowledged write still there.
 #![cfg(feature = "users")]
 
+#[path = "common/backends.rs"]
+mod backends;
 #[path = "common/pg_cluster.rs"]
 mod cluster;
 mod common;
@@ -365,4 +367,118 @@ async fn a_write_whose_session_postgres_ends_gets_503_and_is_not_made() {
         .unwrap();
     assert_eq!(again.status(), 201);
     drop(pg);
+}
+
+/// A TCP proxy in front of PostgreSQL that can turn hostile: then it cuts
+/// every connection it carries and answers new ones with one byte of
+/// nonsense, as a server dying mid-handshake does.
+struct ChaosProxy {
+    addr: std::net::SocketAddr,
+    hostile: Arc<AtomicBool>,
+    carried: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl ChaosProxy {
+    async fn start(upstream: String) -> ChaosProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hostile = Arc::new(AtomicBool::new(false));
+        let carried = Arc::new(Mutex::new(Vec::new()));
+        let (h, c) = (hostile.clone(), carried.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if h.load(Ordering::SeqCst) {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = client.write_all(b"\0").await;
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                c.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        ChaosProxy {
+            addr,
+            hostile,
+            carried,
+            accept,
+        }
+    }
+
+    fn turn_hostile(&self) {
+        self.hostile.store(true, Ordering::SeqCst);
+        for task in self.carried.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn turn_friendly(&self) {
+        self.hostile.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.turn_hostile();
+    }
+}
+
+/// `url` with its `host:port` replaced by `addr`.
+fn via(url: &str, addr: std::net::SocketAddr) -> (String, String) {
+    let start = url.find('@').expect("user info in the URL") + 1;
+    let end = start + url[start..].find('/').expect("a database in the URL");
+    let upstream = url[start..end].to_string();
+    (format!("{}{addr}{}", &url[..start], &url[end..]), upstream)
+}
+
+/// New connections answered with garbage (a server dying while it answers
+/// the TLS probe sqlx sends first) are the database being unavailable:
+/// `503`, not a `500`, and the service recovers once the database answers
+/// properly again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn garbage_from_the_database_connection_gives_503_and_recovers() {
+    let test = "reliability_postgres::garbage_from_the_database_connection";
+    let Some(db) = backends::TestDb::postgres(test).await else {
+        return;
+    };
+    let placeholder: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let (_, upstream) = via(&db.url, placeholder);
+    let proxy = ChaosProxy::start(upstream).await;
+    let (mut config, dir) = test_config();
+    config.database_url = via(&db.url, proxy.addr).0;
+    let app = spawn_with(config, dir).await;
+    let post = |email: &str| {
+        app.client
+            .post(app.url("/users"))
+            .json(&json!({ "email": email }))
+            .send()
+    };
+    assert_eq!(post("before@example.com").await.unwrap().status(), 201);
+
+    proxy.turn_hostile();
+    let (a, b, c) = tokio::join!(
+        post("a@example.com"),
+        post("b@example.com"),
+        app.client.get(app.url("/users")).send()
+    );
+    for r in [a, b, c] {
+        common::assert_problem(r.unwrap(), 503).await;
+    }
+    assert_eq!(readiness(&app).await.0, 503);
+
+    proxy.turn_friendly();
+    common::eventually("writes to work again", || async {
+        post(&format!("{}@example.com", uuid::Uuid::now_v7()))
+            .await
+            .is_ok_and(|r| r.status() == 201)
+    })
+    .await;
+    app.shutdown().await.unwrap();
+    db.cleanup().await;
 }

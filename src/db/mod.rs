@@ -50,9 +50,15 @@ impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
         use sqlx::Error as E;
         match e {
-            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
-                DbError::Unavailable(e.to_string())
-            }
+            // A protocol error is a connection that broke mid-conversation:
+            // e.g. a server dying while it answers a new connection's
+            // SSLRequest ("unexpected response from SSLRequest: 0x00").
+            E::PoolTimedOut
+            | E::PoolClosed
+            | E::Io(_)
+            | E::Tls(_)
+            | E::Protocol(_)
+            | E::WorkerCrashed => DbError::Unavailable(e.to_string()),
             E::Database(ref db) => match classify(db.as_ref()) {
                 Some(Class::Unavailable) => DbError::Unavailable(e.to_string()),
                 Some(Class::CannotWrite(why)) => DbError::CannotWrite(why.into()),
