@@ -403,19 +403,9 @@ fn parse_response(
 ) -> Result<LuaResponse, String> {
     let body = match body {
         Value::Nil => Vec::new(),
-        Value::String(s) => s.as_bytes().to_vec(),
-        v @ (Value::Integer(_) | Value::Number(_)) => lua
-            .coerce_string(v)
-            .ok()
-            .flatten()
-            .map(|s| s.as_bytes().to_vec())
-            .unwrap_or_default(),
-        other => {
-            return Err(format!(
-                "the body must be a string, not a {} (json.encode makes one from a table)",
-                other.type_name()
-            ));
-        }
+        other => text_bytes(lua, other).map_err(|kind| {
+            format!("the body must be a string, not a {kind} (json.encode makes one from a table)")
+        })?,
     };
     let status = match status {
         Value::Nil => 200,
@@ -488,25 +478,27 @@ fn add_header(
         single => vec![single],
     };
     for value in values {
-        let text = match value {
-            Value::String(_) | Value::Integer(_) | Value::Number(_) => lua
-                .coerce_string(value)
-                .ok()
-                .flatten()
-                .map(|s| s.as_bytes().to_vec())
-                .unwrap_or_default(),
-            other => {
-                return Err(format!(
-                    "the value of header {name} must be a string, not a {}",
-                    other.type_name()
-                ));
-            }
-        };
+        let text = text_bytes(lua, value)
+            .map_err(|kind| format!("the value of header {name} must be a string, not a {kind}"))?;
         let value = HeaderValue::from_bytes(&text)
             .map_err(|_| format!("invalid value for header {name}"))?;
         out.push((name.clone(), value));
     }
     Ok(())
+}
+
+/// The bytes of a string, or of a number as Lua writes it; for any other
+/// value, its type name.
+fn text_bytes(lua: &Lua, value: Value) -> Result<Vec<u8>, &'static str> {
+    match value {
+        Value::String(_) | Value::Integer(_) | Value::Number(_) => Ok(lua
+            .coerce_string(value)
+            .ok()
+            .flatten()
+            .map(|s| s.as_bytes().to_vec())
+            .unwrap_or_default()),
+        other => Err(other.type_name()),
+    }
 }
 
 /// An error raised by a host function, prefixed with the script position
