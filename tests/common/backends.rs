@@ -251,14 +251,7 @@ pub async fn create(app: &TestApp, email: &str) -> Created {
     }
 }
 
-pub fn header(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("{name} header on {} {}", r.status(), r.url()))
-        .to_str()
-        .expect("ASCII")
-        .to_owned()
-}
+pub use crate::common::header;
 
 /// GET `/users/{id}`: its status, ETag (if any) and body.
 pub async fn fetch(app: &TestApp, id: &str) -> (u16, Option<String>, Value) {

@@ -106,13 +106,13 @@ impl TestApp {
     }
 }
 
-/// The response's `Content-Type`, or "" when it has none.
-pub fn content_type(response: &reqwest::Response) -> &str {
-    response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
+pub fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} header on {} {}", r.status(), r.url()))
+        .to_str()
+        .expect("ASCII")
+        .to_owned()
 }
 
 /// Asserts that `response` is an RFC 9457 problem with `status`, and returns
