@@ -146,6 +146,7 @@ impl App {
         };
         let limits = crate::server::Limits {
             header_read_timeout: state.config.header_timeout,
+            idle_timeout: state.config.idle_timeout,
             max_connections: state.config.max_connections,
         };
         let server = crate::server::serve(listener, router, limits, signal);

@@ -85,6 +85,8 @@ pub struct Config {
     pub max_connections: u32,
     /// A client must send its request head within this time.
     pub header_timeout: Duration,
+    /// A kept-alive connection may wait this long for its next request.
+    pub idle_timeout: Duration,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://skiff.db";
@@ -115,6 +117,7 @@ impl Default for Config {
             max_concurrency: 1024,
             max_connections: 4096,
             header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -177,6 +180,9 @@ pub struct ConfigFlags {
     /// Time a client has to send its request headers [env: SKIFF_HEADER_TIMEOUT] [default: 5s]
     #[arg(long, global = true)]
     pub header_timeout: Option<String>,
+    /// Time a kept-alive connection may wait for its next request [env: SKIFF_IDLE_TIMEOUT] [default: 75s]
+    #[arg(long, global = true)]
+    pub idle_timeout: Option<String>,
 }
 
 /// Where values come from: the flags, then a lookup of environment variables.
@@ -378,6 +384,12 @@ impl Config {
             duration,
             positive,
         )?;
+        let idle_timeout = parse_with(
+            src.lookup(("idle-timeout", &f.idle_timeout), &["SKIFF_IDLE_TIMEOUT"]),
+            d.idle_timeout,
+            duration,
+            positive,
+        )?;
         let credentials = credentials(src)?;
 
         Ok(Config {
@@ -402,6 +414,7 @@ impl Config {
             max_concurrency,
             max_connections,
             header_timeout,
+            idle_timeout,
         })
     }
 }
@@ -638,6 +651,8 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.name, "SKIFF_TIME_ZONE");
+        let e = load(&ConfigFlags::default(), &[("SKIFF_IDLE_TIMEOUT", "0s")]).unwrap_err();
+        assert_eq!(e.name, "SKIFF_IDLE_TIMEOUT");
         let flags = ConfigFlags {
             body_limit: Some("lots".into()),
             ..Default::default()

@@ -1,7 +1,10 @@
 //! The accept loop: HTTP/1.1 connections served by hyper, with the limits
 //! `axum::serve` does not expose — a header read timeout against slow-header
-//! clients, a header size cap (`431`), a cap on open connections (further
-//! ones are closed at once) — and graceful draining on shutdown.
+//! clients and a longer idle timeout for kept-alive connections (see
+//! [`deadline`]), a header size cap (`431`), a cap on open connections
+//! (further ones are closed at once) — and graceful draining on shutdown.
+
+mod deadline;
 
 use std::future::Future;
 use std::pin::pin;
@@ -18,6 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
+use deadline::{Deadlines, Timeouts};
+
 /// Largest request head (request line and headers) accepted; past it: `431`.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
@@ -25,6 +30,8 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 pub struct Limits {
     /// A client must send its whole request head within this time.
     pub header_read_timeout: Duration,
+    /// A kept-alive connection may wait this long for its next request.
+    pub idle_timeout: Duration,
     /// Connections open at once; more are closed as soon as accepted.
     pub max_connections: u32,
 }
@@ -72,8 +79,16 @@ pub async fn serve(
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
+                // Replaced by `Deadlines`, which tells idle from slow.
+                .header_read_timeout(None)
                 .max_header_size(MAX_HEADER_BYTES);
+            let stream = Deadlines::new(
+                stream,
+                Timeouts {
+                    header: limits.header_read_timeout,
+                    idle: limits.idle_timeout,
+                },
+            );
             let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
             tokio::select! {
                 _ = conn.as_mut() => {}

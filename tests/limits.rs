@@ -80,6 +80,82 @@ async fn a_client_too_slow_to_send_its_headers_is_cut_off() {
     assert_eq!(app.get("/hello").await.status(), 200);
 }
 
+/// Sends a `GET /hello` on `stream` and reads its answer (head and a body
+/// of `Content-Length` bytes), leaving the connection open.
+async fn hello_on(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .expect("a Content-Length")
+                .parse()
+                .unwrap();
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(n > 0, "connection closed mid-answer: {text:?}");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_the_header_timeout() {
+    let (mut config, dir) = test_config();
+    config.header_timeout = Duration::from_millis(200);
+    let app = spawn_with(config, dir).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    assert!(status_of(hello_on(&mut stream).await.as_bytes()).contains("200"));
+    // Idle for several header timeouts (the idle timeout is 75 s): the time
+    // passing is what is tested here, nothing waits on the server.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(status_of(hello_on(&mut stream).await.as_bytes()).contains("200"));
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let (mut config, dir) = test_config();
+    config.idle_timeout = Duration::from_millis(300);
+    let app = spawn_with(config, dir).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    assert!(status_of(hello_on(&mut stream).await.as_bytes()).contains("200"));
+    // Nothing more is sent: the server closes the connection by itself.
+    assert!(read_to_close(&mut stream).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_slow_head_on_a_kept_alive_connection_is_cut_off() {
+    let (mut config, dir) = test_config();
+    config.header_timeout = Duration::from_millis(300);
+    let app = spawn_with(config, dir).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    assert!(status_of(hello_on(&mut stream).await.as_bytes()).contains("200"));
+    // Blank lines first, then a head that never ends: the header timeout
+    // runs from the first byte, and blank lines do not stop it.
+    stream
+        .write_all(b"\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut stream).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+}
+
 #[tokio::test]
 async fn oversized_request_heads_get_431_and_the_server_lives_on() {
     let app = common::spawn().await;

@@ -35,10 +35,10 @@ pub fn test_config() -> (Config, tempfile::TempDir) {
 }
 
 /// How long test clients keep an idle connection for reuse: less than the
-/// server keeps it. The server closes an idle keep-alive connection after
-/// `SKIFF_HEADER_TIMEOUT` (hyper's header read timer runs while it waits
-/// for the next request); a client that reuses one at that very moment sees
-/// its request fail, as any HTTP/1.1 client would. (docs/RELIABILITY.md)
+/// server keeps it (`SKIFF_IDLE_TIMEOUT`). A client that reuses a connection
+/// at the very moment the server closes it sees its request fail, as any
+/// HTTP/1.1 client would, so a test that shortens the idle timeout keeps it
+/// above this.
 pub const CLIENT_IDLE: Duration = Duration::from_secs(1);
 
 /// Spawns the app with the test configuration.
