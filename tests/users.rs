@@ -39,6 +39,7 @@ both_backends!(
     sixteen_clients_create_four_hundred_users,
     sixteen_clients_racing_on_one_email_get_one_201,
     two_writers_with_one_if_match_cannot_both_win,
+    every_acknowledged_write_is_read_back_while_readers_hammer,
     a_body_over_the_limit_is_413,
     readiness_and_metrics_report_the_database,
     two_replicas_share_one_database,
@@ -1068,6 +1069,54 @@ async fn sixteen_clients_racing_on_one_email_get_one_201(db: &TestDb) {
             .len(),
         1
     );
+}
+
+/// SQLite serves reads by id from a cache: however many reads run beside
+/// the writes, a read that starts after a write was acknowledged sees it.
+async fn every_acknowledged_write_is_read_back_while_readers_hammer(db: &TestDb) {
+    let app = std::sync::Arc::new(db.spawn().await);
+    let created = create(&app, "cached@example.com").await;
+    let id = created.id().to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (app, id, stop) = (app.clone(), id.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, _, _) = fetch(&app, &id).await;
+                    assert_eq!(status, 200);
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for i in 0..40 {
+        let name = format!("Name {i}");
+        let r = patch(&app, &id, json!({ "displayName": name })).await;
+        assert_eq!(r.status(), 200);
+        let etag = header(&r, "etag");
+        let (status, read_etag, user) = fetch(&app, &id).await;
+        assert_eq!(status, 200);
+        assert_eq!(user["displayName"], name, "after write {i}");
+        assert_eq!(read_etag.as_deref(), Some(etag.as_str()), "after write {i}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.unwrap();
+    }
+    assert!(reads > 0);
+    // And a delete: gone at once.
+    let r = app
+        .client
+        .delete(app.url(&format!("/users/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(fetch(&app, &id).await.0, 404);
 }
 
 async fn two_writers_with_one_if_match_cannot_both_win(db: &TestDb) {

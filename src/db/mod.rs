@@ -12,6 +12,7 @@
 //! row's version (`UPDATE … WHERE id = ? AND version IN (…)`), so the check
 //! and the write are atomic on both back ends.
 
+mod cache;
 pub mod cli;
 mod migrate;
 pub mod model;

@@ -7,11 +7,13 @@
 //! then answers each. So concurrent writers never meet "database is locked",
 //! an answer is only sent after its write is on disk (`synchronous=FULL`
 //! syncs the WAL on every commit), and one sync is shared by a whole batch.
+//! Reads by id go through a cache that the writer keeps true (see
+//! [`super::cache`]).
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -22,6 +24,7 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::cache::UserCache;
 use super::migrate::{self, Applied, AppliedRow, MigrationStatus};
 use super::{
     ACQUIRE_TIMEOUT, DB_WRITE_BATCH, DbError, Millis, PageQuery, User, UserId, UserPatch, UserRow,
@@ -35,6 +38,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const QUEUE_DEPTH: usize = 4096;
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
+/// Most users held by the read cache (a few hundred bytes each).
+const CACHED_USERS: usize = 4096;
 
 /// The connection settings every SQLite connection of skiff uses.
 pub fn options(url: &str) -> Result<SqliteConnectOptions, DbError> {
@@ -110,6 +115,7 @@ pub struct SqliteStore {
     /// before it starts). For an in-memory database it also serves reads.
     writes: SqlitePool,
     memory: bool,
+    cache: Arc<UserCache>,
     queue: mpsc::Sender<Job>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -147,11 +153,13 @@ impl SqliteStore {
         };
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let (stop, stopped) = oneshot::channel();
-        let writer = tokio::spawn(write_loop(writes.clone(), jobs, stopped));
+        let cache = Arc::new(UserCache::new(CACHED_USERS));
+        let writer = tokio::spawn(write_loop(writes.clone(), cache.clone(), jobs, stopped));
         Ok(SqliteStore {
             reads,
             writes,
             memory,
+            cache,
             queue,
             stop: Mutex::new(Some(stop)),
             writer: Mutex::new(Some(writer)),
@@ -224,6 +232,10 @@ impl SqliteStore {
     }
 
     pub async fn get(&self, id: UserId) -> Result<Option<User>, DbError> {
+        let miss = match self.cache.get(id) {
+            Ok(user) => return Ok(Some(user)),
+            Err(miss) => miss,
+        };
         let row: Option<UserRow> = sqlx::query_as(concat!(
             "SELECT ",
             user_columns!(),
@@ -232,7 +244,11 @@ impl SqliteStore {
         .bind(id.as_uuid())
         .fetch_optional(&self.reads)
         .await?;
-        Ok(row.map(User::from))
+        let user = row.map(User::from);
+        if let Some(user) = &user {
+            self.cache.fill(miss, user);
+        }
+        Ok(user)
     }
 
     pub async fn list(&self, page: &PageQuery) -> Result<Vec<User>, DbError> {
@@ -274,8 +290,14 @@ fn json_array(versions: &[i64]) -> String {
 }
 
 /// The writer task: batches queued writes into transactions until stopped,
-/// then drains what is left and ends.
-async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>, stop: oneshot::Receiver<()>) {
+/// then drains what is left and ends. The users a batch changed leave the
+/// cache after its commit and before anyone hears of it.
+async fn write_loop(
+    pool: SqlitePool,
+    cache: Arc<UserCache>,
+    mut jobs: mpsc::Receiver<Job>,
+    stop: oneshot::Receiver<()>,
+) {
     let mut stop = Some(stop);
     loop {
         let first = match stop.as_mut() {
@@ -301,13 +323,23 @@ async fn write_loop(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>, stop: onesh
         }
         metrics::histogram!(DB_WRITE_BATCH).record(batch.len() as f64);
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|j| (j.op, j.reply)).unzip();
+        let changed: Vec<UserId> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Create(_) => None,
+                Op::Update { id, .. } | Op::Delete { id, .. } => Some(*id),
+            })
+            .collect();
         match run_batch(&pool, ops).await {
             Ok(answers) => {
+                cache.forget(changed);
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(answer);
                 }
             }
             Err(e) => {
+                // Rolled back, or a COMMIT whose outcome is unknown.
+                cache.clear();
                 tracing::error!(error = %e, writes = replies.len(), "SQLite write batch rolled back");
                 for reply in replies {
                     let _ = reply.send(Err(WriteError::Db(e.clone())));
