@@ -346,7 +346,7 @@ async fn metrics_count_runs_errors_and_limit_hits() {
 /// Enough sequential runs that every worker runs the first script before
 /// the second (the workers take jobs in turn).
 fn rounds(app: &TestApp) -> usize {
-    4 * app.state.lua.workers()
+    4 * app.state.lua.pool_size().workers
 }
 
 #[tokio::test]
@@ -379,8 +379,15 @@ async fn tampering_with_shared_tables_does_not_carry_over() {
 
 #[tokio::test]
 async fn the_service_answers_while_every_worker_spins() {
-    let app = spawn_fixtures_with(|c| c.lua_timeout = Duration::from_millis(300)).await;
-    let spinners: Vec<_> = (0..64)
+    let app = spawn_fixtures_with(|c| {
+        c.lua_timeout = Duration::from_millis(300);
+        // 5 queued per worker: every queued spin starts within 1.5 s.
+        c.request_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let size = app.state.lua.pool_size();
+    // More than can run or wait: some are turned away at once.
+    let spinners: Vec<_> = (0..size.workers + size.queue + 16)
         .map(|_| {
             let request = app.client.get(app.url("/lua/spin")).send();
             tokio::spawn(request)
@@ -388,7 +395,7 @@ async fn the_service_answers_while_every_worker_spins() {
         .collect();
 
     // Wait (polling) until every worker is inside a spin.
-    let workers = app.state.lua.workers();
+    let workers = size.workers;
     common::eventually("every worker to be inside a spin", || async {
         app.state.lua.busy() >= workers
     })
@@ -413,9 +420,9 @@ async fn the_service_answers_while_every_worker_spins() {
             busy += 1;
         }
     }
-    // The queue is bounded: not all 64 waited for a worker.
+    // The queue is bounded: not all of them waited for a worker.
     assert!(limited >= workers, "{limited} runs hit the limit");
-    assert!(busy > 0, "none of the 64 was turned away");
+    assert!(busy > 0, "none was turned away");
     assert_hello_still_answers(&app).await;
 }
 

@@ -11,7 +11,7 @@
 //! `start`ed by `App::build`.
 
 mod json;
-mod pool;
+pub mod pool;
 mod sandbox;
 mod scripts;
 
@@ -160,7 +160,8 @@ impl LuaEngine {
             time: config.lua_timeout,
         };
         let scripts = Arc::new(scripts);
-        let pool = pool::Pool::start(scripts.clone(), limits, pool::PoolSize::for_this_machine())?;
+        let size = pool::PoolSize::new(config.request_timeout, config.lua_timeout);
+        let pool = pool::Pool::start(scripts.clone(), limits, size)?;
         Ok(Self {
             scripts,
             pool: Arc::new(pool),
@@ -177,9 +178,9 @@ impl LuaEngine {
         self.pool.run(target, request).await
     }
 
-    /// How many worker threads run scripts.
-    pub fn workers(&self) -> usize {
-        self.pool.workers()
+    /// How many worker threads run scripts, and how many jobs may wait.
+    pub fn pool_size(&self) -> pool::PoolSize {
+        self.pool.size()
     }
 
     /// How many workers are running a script right now.

@@ -11,6 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -24,21 +25,26 @@ const WORKER_STACK: usize = 4 * 1024 * 1024;
 
 /// How many workers, and how many jobs may wait for one.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct PoolSize {
+pub struct PoolSize {
     pub workers: usize,
     pub queue: usize,
 }
 
 impl PoolSize {
     /// One worker per CPU (scripts are CPU-bound: no I/O in the sandbox),
-    /// at least 2, at most 16; and a queue of 8 jobs per worker, so a job
-    /// waits at most about 8 time limits before it starts.
-    pub fn for_this_machine() -> Self {
+    /// at least 2, at most 16. The queue holds as many jobs as can still
+    /// start within half the request timeout if every run ahead of them
+    /// takes the whole Lua time limit (between 4 and 256 per worker): with
+    /// the defaults (10 s, 100 ms) 50 per worker, enough for a burst as
+    /// wide as a benchmark's 64 connections, where 8 per worker turned
+    /// most of them away.
+    pub fn new(request_timeout: Duration, lua_timeout: Duration) -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = cpus.clamp(2, 16);
+        let per_worker = request_timeout.as_secs_f64() / lua_timeout.as_secs_f64() / 2.0;
         Self {
             workers,
-            queue: workers * 8,
+            queue: workers * (per_worker as usize).clamp(4, 256),
         }
     }
 }
@@ -51,7 +57,7 @@ struct Job {
 
 pub struct Pool {
     queue: SyncSender<Job>,
-    workers: usize,
+    size: PoolSize,
     busy: Arc<AtomicUsize>,
 }
 
@@ -94,11 +100,7 @@ impl Pool {
             queue = size.queue,
             "Lua workers started"
         );
-        Ok(Self {
-            queue,
-            workers: size.workers,
-            busy,
-        })
+        Ok(Self { queue, size, busy })
     }
 
     pub async fn run(&self, target: Target, request: LuaRequest) -> Result<LuaResponse, RunError> {
@@ -130,8 +132,8 @@ impl Pool {
         })
     }
 
-    pub fn workers(&self) -> usize {
-        self.workers
+    pub fn size(&self) -> PoolSize {
+        self.size
     }
 
     pub fn busy(&self) -> usize {
@@ -217,5 +219,23 @@ fn record(script: &str, result: &Result<LuaResponse, RunError>) {
             metrics::counter!(LUA_LIMIT_HITS, "limit" => limit).increment(1);
             tracing::warn!(script, limit, "Lua run stopped by a limit");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_is_what_can_start_within_half_the_request_timeout() {
+        let per_worker = |request: u64, lua: u64| {
+            let size = PoolSize::new(Duration::from_millis(request), Duration::from_millis(lua));
+            size.queue / size.workers
+        };
+        assert_eq!(per_worker(10_000, 100), 50);
+        assert_eq!(per_worker(3_000, 300), 5);
+        // Bounded both ways.
+        assert_eq!(per_worker(1_000, 10_000), 4);
+        assert_eq!(per_worker(3_600_000, 1), 256);
     }
 }
