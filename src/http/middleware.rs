@@ -2,9 +2,11 @@
 //! bodies for errors produced outside handlers, and panics.
 
 use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -13,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{Error, Problem};
-use metrics::{Label, SharedString};
+use metrics::{Counter, Gauge, Histogram, Label, SharedString};
 use tokio::sync::Semaphore;
 use tower_http::request_id::{MakeRequestId, RequestId};
 
@@ -40,18 +42,60 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// The request counter and latency histogram of one (method, route, status).
+type RequestMetrics = (Counter, Histogram);
+/// [`RequestMetrics`] by (method, status), then by route.
+type RequestMetricsMap = HashMap<(&'static str, u16), HashMap<Box<str>, RequestMetrics>>;
+
+thread_local! {
+    /// Looking a metric up by name and labels builds a key and searches the
+    /// recorder's registry on every call; a handle, once found, points
+    /// straight at its atomics. Kept per thread, so no lock is shared
+    /// between the runtime's workers. Routes are templates and methods a
+    /// fixed set, so the maps stay small.
+    static REQUEST_METRICS: RefCell<RequestMetricsMap> =
+        RefCell::new(HashMap::new());
+}
+
+/// The handles of one (method, route, status), taken on first use (after
+/// `telemetry` installed the recorder, at start-up).
+fn request_metrics(method: &'static str, route: &str, status: u16) -> RequestMetrics {
+    REQUEST_METRICS.with_borrow_mut(|map| {
+        let by_route = map.entry((method, status)).or_default();
+        if let Some(found) = by_route.get(route) {
+            return found.clone();
+        }
+        let labels = [
+            Label::from_static_parts("method", method),
+            Label::new("route", SharedString::from(route.to_owned())),
+            Label::new("status", status_label(status)),
+        ];
+        let found = (
+            metrics::counter!(HTTP_REQUESTS, labels.iter()),
+            metrics::histogram!(HTTP_DURATION, labels.iter()),
+        );
+        by_route.insert(route.into(), found.clone());
+        found
+    })
+}
+
+fn in_flight() -> &'static Gauge {
+    static IN_FLIGHT: OnceLock<Gauge> = OnceLock::new();
+    IN_FLIGHT.get_or_init(|| metrics::gauge!(HTTP_IN_FLIGHT))
+}
+
 struct InFlight;
 
 impl InFlight {
     fn enter() -> Self {
-        metrics::gauge!(HTTP_IN_FLIGHT).increment(1.0);
+        in_flight().increment(1.0);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+        in_flight().decrement(1.0);
     }
 }
 
@@ -60,10 +104,8 @@ pub async fn observe(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let _in_flight = InFlight::enter();
     let method = method_label(request.method());
-    let route: SharedString = match request.extensions().get::<MatchedPath>() {
-        Some(path) => SharedString::from(path.as_str().to_owned()),
-        None => SharedString::const_str("unmatched"),
-    };
+    // An `Arc<str>` inside: cloning it copies no text.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
     // The access log's own fields, read only when it is on.
     let logged = tracing::enabled!(target: "skiff::access", tracing::Level::INFO).then(|| {
         let id = request.headers().get(&REQUEST_ID).cloned();
@@ -74,13 +116,10 @@ pub async fn observe(request: Request, next: Next) -> Response {
 
     let elapsed = start.elapsed();
     let status = response.status().as_u16();
-    let labels = [
-        Label::from_static_parts("method", method),
-        Label::new("route", route.clone()),
-        Label::new("status", status_label(status)),
-    ];
-    metrics::counter!(HTTP_REQUESTS, labels.iter()).increment(1);
-    metrics::histogram!(HTTP_DURATION, labels.iter()).record(elapsed.as_secs_f64());
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let (requests, duration) = request_metrics(method, route, status);
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
     if let Some((path, request_id)) = logged {
         let request_id = request_id
             .as_ref()
@@ -90,7 +129,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
             target: "skiff::access",
             method,
             path,
-            route = &*route,
+            route,
             status,
             latency_us = elapsed.as_micros() as u64,
             request_id,
