@@ -40,6 +40,7 @@ both_backends!(
     sixteen_clients_racing_on_one_email_get_one_201,
     two_writers_with_one_if_match_cannot_both_win,
     every_acknowledged_write_is_read_back_while_readers_hammer,
+    a_user_is_sent_uncompressed_so_its_strong_etag_names_one_representation,
     a_body_over_the_limit_is_413,
     readiness_and_metrics_report_the_database,
     two_replicas_share_one_database,
@@ -1117,6 +1118,31 @@ async fn every_acknowledged_write_is_read_back_while_readers_hammer(db: &TestDb)
         .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(fetch(&app, &id).await.0, 404);
+}
+
+async fn a_user_is_sent_uncompressed_so_its_strong_etag_names_one_representation(db: &TestDb) {
+    let app = db.spawn().await;
+    let created = create(&app, "plain@example.com").await;
+    let raw = reqwest::Client::builder().no_gzip().build().unwrap();
+    let r = raw
+        .get(app.url(&format!("/users/{}", created.id())))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-encoding").is_none());
+    assert_eq!(header(&r, "etag"), created.etag);
+    let user: Value = r.json().await.unwrap();
+    assert_eq!(user["email"], "plain@example.com");
+    // The list carries no ETag: it is still compressed.
+    let r = raw
+        .get(app.url("/users"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
 }
 
 async fn two_writers_with_one_if_match_cannot_both_win(db: &TestDb) {

@@ -20,11 +20,12 @@ mod users;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{Extensions, HeaderMap, HeaderName, StatusCode, header};
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -68,6 +69,15 @@ pub fn router(state: AppState) -> Router {
     )
 }
 
+/// A response with an `ETag` (a user) is not compressed: a strong tag names
+/// one representation, so the gzip one would need a tag of its own, and
+/// `If-Match` (strong comparison) would then fail for clients that read the
+/// user gzipped. A user is a few hundred bytes; /docs sends its own
+/// pre-compressed files with a tag per encoding.
+fn no_etag(_: StatusCode, _: axum::http::Version, headers: &HeaderMap, _: &Extensions) -> bool {
+    !headers.contains_key(header::ETAG)
+}
+
 /// Wraps `routes` in the shared middleware, outermost first: every response,
 /// even a panic's, gets a request id, an access log line and the request
 /// metrics, compression, and a problem body when it is a bare error. Each
@@ -75,7 +85,7 @@ pub fn router(state: AppState) -> Router {
 /// three concrete stacks rather than applied one by one.
 pub fn with_middleware(routes: Router, config: &Config) -> Router {
     let inner = ServiceBuilder::new()
-        .layer(CompressionLayer::new())
+        .layer(CompressionLayer::new().compress_when(DefaultPredicate::new().and(no_etag)))
         .layer(CatchPanicLayer::custom(middleware::panic_to_problem))
         .map_response(middleware::problem_for_bare_errors)
         .layer(RequestBodyLimitLayer::new(config.body_limit))
