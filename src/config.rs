@@ -230,7 +230,7 @@ impl Config {
     pub fn from_sources(src: &Sources<'_>) -> Result<Self, ConfigError> {
         let d = Config::default();
         let f = src.flags;
-        let duration = "a duration such as 250ms, 3s, 1m or 1h";
+        let duration = "a duration such as 250ms, 3s, 1m or 1h (at most 100 years)";
         let size = "a size such as 65536, 64KiB or 16MiB";
 
         let port = parse_with(
@@ -512,8 +512,14 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "h" => 3600.0,
         _ => return None,
     };
-    Duration::try_from_secs_f64(number * seconds_per_unit).ok()
+    Duration::try_from_secs_f64(number * seconds_per_unit)
+        .ok()
+        .filter(|d| *d <= MAX_DURATION)
 }
+
+/// The longest duration accepted: every timeout and TTL is added to "now",
+/// and an `Instant` that far ahead would overflow and panic.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Parses `65536`, `64KiB`, `64kb`, `16MiB`, `1GiB` (a bare number is bytes).
 /// Decimal units (KB, MB, GB) are powers of 1000, binary ones (KiB…) of 1024.
@@ -576,7 +582,13 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
-        for bad in ["", "s", "3x", "-1s", "1.s", ".5s", "3 s s", "1e3s"] {
+        assert_eq!(
+            parse_duration("876000h"),
+            Some(Duration::from_secs(876_000 * 3600))
+        );
+        for bad in [
+            "", "s", "3x", "-1s", "1.s", ".5s", "3 s s", "1e3s", "876001h", "1e30",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
     }
