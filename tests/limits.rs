@@ -115,13 +115,20 @@ async fn hello_on(stream: &mut TcpStream) -> String {
     }
 }
 
-#[tokio::test]
-async fn an_idle_keep_alive_connection_outlives_the_header_timeout() {
+/// An app configured by `change`, and a connection to it that has had one
+/// `200` and stays open.
+async fn kept_alive(change: impl FnOnce(&mut skiff::Config)) -> (common::TestApp, TcpStream) {
     let (mut config, dir) = test_config();
-    config.header_timeout = Duration::from_millis(200);
+    change(&mut config);
     let app = spawn_with(config, dir).await;
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
     assert!(status_of(hello_on(&mut stream).await.as_bytes()).contains("200"));
+    (app, stream)
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_the_header_timeout() {
+    let (_app, mut stream) = kept_alive(|c| c.header_timeout = Duration::from_millis(200)).await;
     // Idle for several header timeouts (the idle timeout is 75 s): the time
     // passing is what is tested here, nothing waits on the server.
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -130,22 +137,14 @@ async fn an_idle_keep_alive_connection_outlives_the_header_timeout() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    let (mut config, dir) = test_config();
-    config.idle_timeout = Duration::from_millis(300);
-    let app = spawn_with(config, dir).await;
-    let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    assert!(status_of(hello_on(&mut stream).await.as_bytes()).contains("200"));
+    let (_app, mut stream) = kept_alive(|c| c.idle_timeout = Duration::from_millis(300)).await;
     // Nothing more is sent: the server closes the connection by itself.
     assert!(read_to_close(&mut stream).await.is_empty());
 }
 
 #[tokio::test]
 async fn a_slow_head_on_a_kept_alive_connection_is_cut_off() {
-    let (mut config, dir) = test_config();
-    config.header_timeout = Duration::from_millis(300);
-    let app = spawn_with(config, dir).await;
-    let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    assert!(status_of(hello_on(&mut stream).await.as_bytes()).contains("200"));
+    let (_app, mut stream) = kept_alive(|c| c.header_timeout = Duration::from_millis(300)).await;
     // Blank lines first, then a head that never ends: the header timeout
     // runs from the first byte, and blank lines do not stop it.
     stream
