@@ -386,8 +386,8 @@ async fn the_service_answers_while_every_worker_spins() {
     })
     .await;
     let size = app.state.lua.pool_size();
-    // More than can run or wait: some are turned away at once.
-    let spinners: Vec<_> = (0..size.workers + size.queue + 16)
+    // 64 at once, and more than can run or wait: some are turned away.
+    let spinners: Vec<_> = (0..(size.workers + size.queue + 16).max(64))
         .map(|_| {
             let request = app.client.get(app.url("/lua/spin")).send();
             tokio::spawn(request)

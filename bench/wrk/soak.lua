@@ -15,7 +15,12 @@ end
 local nonce, n, made
 local live = {}      -- ids of users made and not yet deleted, oldest first
 local json = { ["Content-Type"] = "application/json" }
-local keep = 32      -- users kept alive before the oldest is deleted
+-- Users kept alive before the oldest is deleted. A GET names the newest user
+-- when it is sent; with 32 kept, a GET stalled behind slow commits (PostgreSQL
+-- on a busy machine: 2 s) found its user already deleted by the time it ran,
+-- a 404 that was the script's race, not the server's. 2048 covers stalls of
+-- over a second at the soak's rates (about 1,300 creates/s per thread).
+local keep = 2048
 
 function init(args)
   nonce = args[1] or "soak"

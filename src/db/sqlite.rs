@@ -40,6 +40,11 @@ const QUEUE_DEPTH: usize = 4096;
 const MAX_BATCH: usize = 512;
 /// Most users held by the read cache (a few hundred bytes each).
 const CACHED_USERS: usize = 4096;
+/// Page cache of each read connection, in KiB (SQLite's default is 2000,
+/// kept by the writer). Reads by id come from the user cache and the OS
+/// caches the file too; with the default, four readers slowly filled up to
+/// 8 MiB of heap under a long mixed load (bench/SOAK.md).
+const READER_CACHE_KIB: u32 = 512;
 
 /// The connection settings every SQLite connection of skiff uses.
 pub fn options(url: &str) -> Result<SqliteConnectOptions, DbError> {
@@ -147,7 +152,12 @@ impl SqliteStore {
                 .max_connections(readers as u32)
                 .min_connections(1)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options.clone().pragma("query_only", "ON"))
+                .connect_with(
+                    options
+                        .clone()
+                        .pragma("query_only", "ON")
+                        .pragma("cache_size", format!("-{READER_CACHE_KIB}")),
+                )
                 .await
                 .map_err(|e| open_error(&options, e))?
         };
