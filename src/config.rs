@@ -587,7 +587,7 @@ mod tests {
             Some(Duration::from_secs(876_000 * 3600))
         );
         for bad in [
-            "", "s", "3x", "-1s", "1.s", ".5s", "3 s s", "1e3s", "876001h", "1e30",
+            "", "s", "3x", "-1s", "1.s", ".5s", "3 s s", "1e3s", "876001h",
         ] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
