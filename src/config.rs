@@ -265,12 +265,7 @@ impl Config {
             src.lookup(("log", &f.log), &["SKIFF_LOG", "RUST_LOG"]),
             d.log_filter,
             "a log filter such as info, debug or skiff=debug,warn",
-            |v| {
-                tracing_subscriber::EnvFilter::builder()
-                    .parse(v)
-                    .ok()
-                    .map(|_| v.to_string())
-            },
+            |v| crate::telemetry::parse_log_filter(v).map(|_| v.to_string()),
         )?;
         let log_format = parse_with(
             src.lookup(("log-format", &f.log_format), &["SKIFF_LOG_FORMAT"]),

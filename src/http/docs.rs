@@ -1,10 +1,11 @@
 //! `/docs`: the interactive API reference, Swagger UI rendering `/openapi.json`.
 //!
-//! Every file is embedded in the binary, compressed ahead of time by
-//! `scripts/refresh-docs-assets` (gzip and brotli; `assets/docs/SOURCE.md`
-//! says where the viewer comes from). A client gets the encoding it accepts;
-//! one that accepts neither gets the plain bytes, decoded from the gzip copy
-//! the first time they are needed, so the binary carries no third copy.
+//! Every file is embedded in the binary, gzip-compressed ahead of time by
+//! `scripts/refresh-docs-assets` (`assets/docs/SOURCE.md` says where the
+//! viewer comes from). A client that accepts gzip gets that copy; one that
+//! does not gets the plain bytes, decoded from it the first time they are
+//! needed, so the binary carries one copy. (Brotli copies were 20% smaller
+//! on the wire but cost 383 KB of binary; the image's size won.)
 //! Nothing on the page comes from elsewhere: it works offline, under a strict
 //! Content-Security-Policy.
 
@@ -63,7 +64,6 @@ struct Asset {
     /// Comes from the viewer's npm package, so fixed by [`VIEWER_VERSION`].
     vendored: bool,
     gzip: &'static [u8],
-    brotli: &'static [u8],
     plain: OnceLock<Vec<u8>>,
     /// Hex SHA-256 of `gzip`, which names this content in ETags.
     digest: OnceLock<String>,
@@ -76,7 +76,6 @@ macro_rules! asset {
             content_type: $content_type,
             vendored: $vendored,
             gzip: include_bytes!(concat!("../../assets/docs/dist/", $name, ".gz")),
-            brotli: include_bytes!(concat!("../../assets/docs/dist/", $name, ".br")),
             plain: OnceLock::new(),
             digest: OnceLock::new(),
         }
@@ -103,7 +102,7 @@ static ASSETS: [Asset; 6] = [
 /// requests to this server.
 #[utoipa::path(get, path = "/docs", tag = "operations", operation_id = "docs",
     responses(
-        (status = 200, description = "An HTML page that renders /openapi.json. Its scripts and styles are served under /docs/assets/, pre-compressed (brotli or gzip, as the client accepts).",
+        (status = 200, description = "An HTML page that renders /openapi.json. Its scripts and styles are served under /docs/assets/, pre-compressed (gzip, when the client accepts it).",
             content_type = "text/html", body = String,
             headers(
                 ("Content-Security-Policy" = String, description = "Only this origin's scripts, styles and requests; no inline script or style"),
@@ -161,7 +160,6 @@ async fn serve(
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let body = match encoding {
-            Encoding::Brotli => Body::from(asset.brotli),
             Encoding::Gzip => Body::from(asset.gzip),
             Encoding::Identity => Body::from(asset.plain().await?),
         };
@@ -242,17 +240,16 @@ async fn once<T: Send + Sync>(
 /// The content codings skiff has copies in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encoding {
-    Brotli,
     Gzip,
     Identity,
 }
 
 impl Encoding {
-    /// The best coding `Accept-Encoding` allows (RFC 9110 §12.5.3): the one
-    /// with the higher q-value, brotli on a tie (it is smaller), identity when
-    /// neither is acceptable. `*` stands for codings not named.
+    /// What `Accept-Encoding` allows (RFC 9110 §12.5.3): gzip unless its
+    /// q-value is 0 or it is not named (`*` stands for codings not named),
+    /// else identity.
     fn negotiate(request: &HeaderMap) -> Self {
-        let (mut br, mut gzip, mut any) = (None, None, None);
+        let (mut gzip, mut any) = (None, None);
         let items = request
             .get_all(header::ACCEPT_ENCODING)
             .iter()
@@ -268,19 +265,13 @@ impl Encoding {
                 })
                 .find_map(|q| q.parse::<f32>().ok())
                 .unwrap_or(1.0);
-            if coding.eq_ignore_ascii_case("br") {
-                br = Some(q);
-            } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
                 gzip = Some(q);
             } else if coding == "*" {
                 any = Some(q);
             }
         }
-        let br = br.or(any).unwrap_or(0.0);
-        let gzip = gzip.or(any).unwrap_or(0.0);
-        if br > 0.0 && br >= gzip {
-            Encoding::Brotli
-        } else if gzip > 0.0 {
+        if gzip.or(any).unwrap_or(0.0) > 0.0 {
             Encoding::Gzip
         } else {
             Encoding::Identity
@@ -289,7 +280,6 @@ impl Encoding {
 
     fn content_encoding(self) -> Option<&'static str> {
         match self {
-            Encoding::Brotli => Some("br"),
             Encoding::Gzip => Some("gzip"),
             Encoding::Identity => None,
         }
@@ -298,7 +288,6 @@ impl Encoding {
     /// Each representation has its own strong ETag (RFC 9110 §8.8.3).
     fn etag_suffix(self) -> &'static str {
         match self {
-            Encoding::Brotli => "-br",
             Encoding::Gzip => "-gzip",
             Encoding::Identity => "",
         }
@@ -334,15 +323,16 @@ mod tests {
 
     #[test]
     fn negotiation_follows_the_clients_q_values() {
-        assert_eq!(negotiate("gzip, deflate, br, zstd"), Encoding::Brotli);
+        assert_eq!(negotiate("gzip, deflate, br, zstd"), Encoding::Gzip);
         assert_eq!(negotiate("gzip"), Encoding::Gzip);
         assert_eq!(negotiate("br;q=0.5, gzip"), Encoding::Gzip);
         assert_eq!(negotiate("br;q=0, gzip;q=0.1"), Encoding::Gzip);
         assert_eq!(negotiate("GZIP;Q=0.3"), Encoding::Gzip);
-        assert_eq!(negotiate("gzip;q=0, br;q=0"), Encoding::Identity);
+        assert_eq!(negotiate("gzip;q=0, br"), Encoding::Identity);
+        assert_eq!(negotiate("br"), Encoding::Identity);
         assert_eq!(negotiate("identity"), Encoding::Identity);
         assert_eq!(negotiate("deflate"), Encoding::Identity);
-        assert_eq!(negotiate("*"), Encoding::Brotli);
+        assert_eq!(negotiate("*"), Encoding::Gzip);
         assert_eq!(negotiate("*;q=0, gzip"), Encoding::Gzip);
         assert_eq!(Encoding::negotiate(&HeaderMap::new()), Encoding::Identity);
     }
@@ -355,7 +345,7 @@ mod tests {
         assert!(matches("\"x\", W/\"abc-gzip\""));
         assert!(matches("*"));
         assert!(!matches("\"abc\""));
-        assert!(!matches("\"abc-br\""));
+        assert!(!matches("\"abc-deflate\""));
         assert!(!if_none_match(&HeaderMap::new(), etag));
     }
 
