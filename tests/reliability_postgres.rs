@@ -124,6 +124,18 @@ impl Load {
     }
 }
 
+/// A fresh PostgreSQL cluster for `test` and skiff serving on it (`None`
+/// when PostgreSQL is not available: the test is skipped, loudly).
+async fn serve_on_a_fresh_cluster(test: &'static str) -> Option<(PgCluster, TestApp)> {
+    let pg = tokio::task::spawn_blocking(move || PgCluster::start(test))
+        .await
+        .unwrap()?;
+    let (mut config, dir) = test_config();
+    config.database_url = pg.url();
+    let app = spawn_with(config, dir).await;
+    Some((pg, app))
+}
+
 async fn readiness(app: &TestApp) -> (u16, Value) {
     let r = app.get("/readyz").await;
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
@@ -132,16 +144,10 @@ async fn readiness(app: &TestApp) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_stopped_mid_run_gives_503s_and_the_service_recovers_by_itself() {
     let test = "reliability_postgres::postgres_stopped_mid_run";
-    let Some(mut pg) = tokio::task::spawn_blocking(move || PgCluster::start(test))
-        .await
-        .unwrap()
-    else {
+    let Some((mut pg, app)) = serve_on_a_fresh_cluster(test).await else {
         return;
     };
-    let (mut config, dir) = test_config();
-    config.database_url = pg.url();
-    let request_timeout = config.request_timeout;
-    let app = spawn_with(config, dir).await;
+    let request_timeout = app.state.config.request_timeout;
     assert_eq!(readiness(&app).await.0, 200);
 
     let mut acknowledged = Vec::new();
@@ -239,15 +245,9 @@ async fn postgres_stopped_mid_run_gives_503s_and_the_service_recovers_by_itself(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_and_lists_are_503_too_while_postgres_is_down() {
     let test = "reliability_postgres::reads_and_lists_are_503_too";
-    let Some(mut pg) = tokio::task::spawn_blocking(move || PgCluster::start(test))
-        .await
-        .unwrap()
-    else {
+    let Some((mut pg, app)) = serve_on_a_fresh_cluster(test).await else {
         return;
     };
-    let (mut config, dir) = test_config();
-    config.database_url = pg.url();
-    let app = spawn_with(config, dir).await;
     let r = app
         .client
         .post(app.url("/users"))
@@ -311,15 +311,9 @@ async fn reads_and_lists_are_503_too_while_postgres_is_down() {
 async fn a_write_whose_session_postgres_ends_gets_503_and_is_not_made() {
     use sqlx::Connection;
     let test = "reliability_postgres::a_write_whose_session_postgres_ends";
-    let Some(pg) = tokio::task::spawn_blocking(move || PgCluster::start(test))
-        .await
-        .unwrap()
-    else {
+    let Some((pg, app)) = serve_on_a_fresh_cluster(test).await else {
         return;
     };
-    let (mut config, dir) = test_config();
-    config.database_url = pg.url();
-    let app = spawn_with(config, dir).await;
 
     let mut admin = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
     sqlx::query("BEGIN").execute(&mut admin).await.unwrap();
