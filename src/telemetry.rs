@@ -51,6 +51,7 @@ pub const IP_CACHE_HITS: &str = "skiff_ip_cache_hits_total";
 pub const LUA_RUNS: &str = "skiff_lua_runs_total";
 pub const LUA_ERRORS: &str = "skiff_lua_errors_total";
 pub const LUA_LIMIT_HITS: &str = "skiff_lua_limit_hits_total";
+pub const LUA_RELOADS: &str = "skiff_lua_reloads_total";
 pub const AUTH_FAILURES: &str = "skiff_auth_failures_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -124,6 +125,10 @@ fn describe() {
     metrics::describe_counter!(
         LUA_LIMIT_HITS,
         "Lua runs stopped by a limit (time or memory)"
+    );
+    metrics::describe_counter!(
+        LUA_RELOADS,
+        "Reloads of the Lua scripts directory, by outcome (ok, or error: the running set stays)"
     );
     metrics::describe_gauge!(
         "skiff_build_info",

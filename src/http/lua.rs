@@ -124,6 +124,7 @@ impl From<RunError> for Error {
                 retry_after: Some(1),
             },
             RunError::TimeLimit { .. } => Error::unavailable(detail),
+            RunError::Missing { .. } => Error::NotFound(detail),
             RunError::MemoryLimit { .. }
             | RunError::Script { .. }
             | RunError::NoResponse { .. }

@@ -2,20 +2,22 @@
 //!
 //! Decoding builds Lua values directly from the parser (no intermediate
 //! tree on the Rust heap), so a big document counts against the script's
-//! memory limit. Encoding writes into a buffer capped at the memory limit,
-//! so a table that refers to the same big table many times cannot blow up
-//! the worker's memory either.
+//! memory limit. Encoding charges everything it holds on the Rust heap (the
+//! text it writes, and the key lists it sorts at each level) to a budget,
+//! what is left of the run's memory limit, and never copies a key: a table
+//! that refers to itself under long keys, or to the same big table many
+//! times, cannot blow up the worker's memory either.
 //!
 //! Conventions (those of lua-cjson): JSON `null` is `json.null`, arrays are
 //! tables with keys 1..n, an empty table encodes as `{}` unless it came from
 //! decoding `[]`; object keys are sorted, so the output is deterministic.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::fmt;
 use std::io::Write;
 
-use mlua::{Lua, Table, Value};
+use mlua::{Lua, LuaString, Table, Value};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::ser::{self, Serialize, SerializeMap, SerializeSeq};
 
@@ -158,35 +160,44 @@ impl fmt::Display for EncodeError {
     }
 }
 
-/// Encodes `value` as JSON text of at most `limit` bytes.
+/// Encodes `value` as JSON text, holding at most `limit` bytes on the
+/// Rust heap at any time (text and sort lists together).
 pub fn encode(value: Value, array_mt: &Table, limit: usize) -> Result<Vec<u8>, EncodeError> {
+    let budget = Cell::new(limit);
     let mut out = Capped {
         buf: Vec::new(),
-        limit,
+        budget: &budget,
     };
+    let too_large = Cell::new(false);
     let encoder = Encode {
         value,
         array_mt: array_mt.to_pointer(),
         depth: 0,
+        budget: &budget,
+        too_large: &too_large,
     };
     match serde_json::to_writer(&mut out, &encoder) {
         Ok(()) => Ok(out.buf),
         Err(e) if e.is_io() => Err(EncodeError::TooLarge(limit)),
+        Err(_) if too_large.get() => Err(EncodeError::TooLarge(limit)),
         Err(e) => Err(EncodeError::Invalid(e.to_string())),
     }
 }
 
-/// A writer that refuses to grow beyond `limit` bytes.
-struct Capped {
+/// A writer that takes what it writes from the budget.
+struct Capped<'a> {
     buf: Vec<u8>,
-    limit: usize,
+    budget: &'a Cell<usize>,
 }
 
-impl Write for Capped {
+impl Write for Capped<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if self.buf.len() + data.len() > self.limit {
-            return Err(std::io::ErrorKind::OutOfMemory.into());
-        }
+        let left = self
+            .budget
+            .get()
+            .checked_sub(data.len())
+            .ok_or(std::io::ErrorKind::OutOfMemory)?;
+        self.budget.set(left);
         self.buf.extend_from_slice(data);
         Ok(data.len())
     }
@@ -196,14 +207,48 @@ impl Write for Capped {
     }
 }
 
-struct Encode {
+struct Encode<'a> {
     value: Value,
     array_mt: *const c_void,
     depth: usize,
+    budget: &'a Cell<usize>,
+    /// Set when the budget ran out (serde's custom errors carry no kind).
+    too_large: &'a Cell<bool>,
 }
 
-impl Encode {
-    fn nested(&self, value: Value) -> Result<Encode, String> {
+/// An object key, borrowed from Lua: strings are never copied.
+enum Key {
+    Text(LuaString),
+    /// An integer key, in decimal.
+    Integer(String),
+}
+
+impl Key {
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        match self {
+            Key::Text(s) => f(&s.as_bytes()),
+            Key::Integer(i) => f(i.as_bytes()),
+        }
+    }
+}
+
+impl Serialize for Key {
+    fn serialize<S: ser::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Key::Text(text) => match text.to_str() {
+                Ok(text) => s.serialize_str(&text),
+                Err(_) => Err(ser::Error::custom("cannot encode a key that is not UTF-8")),
+            },
+            Key::Integer(i) => s.serialize_str(i),
+        }
+    }
+}
+
+/// What one entry of a sort list costs.
+const ENTRY: usize = std::mem::size_of::<(Key, Value)>();
+
+impl<'a> Encode<'a> {
+    fn nested(&self, value: Value) -> Result<Encode<'a>, String> {
         if self.depth >= MAX_DEPTH {
             return Err(format!(
                 "tables nested deeper than {MAX_DEPTH} levels (or a table that contains itself)"
@@ -213,6 +258,8 @@ impl Encode {
             value,
             array_mt: self.array_mt,
             depth: self.depth + 1,
+            budget: self.budget,
+            too_large: self.too_large,
         })
     }
 
@@ -241,7 +288,7 @@ impl Encode {
     }
 }
 
-impl Serialize for Encode {
+impl Serialize for Encode<'_> {
     fn serialize<S: ser::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use ser::Error;
         match &self.value {
@@ -266,16 +313,31 @@ impl Serialize for Encode {
                 }
                 None => {
                     let mut entries = Vec::new();
-                    for pair in table.pairs::<Value, Value>() {
-                        let (key, value) = pair.map_err(S::Error::custom)?;
-                        entries.push((object_key(&key).map_err(S::Error::custom)?, value));
-                    }
-                    entries.sort_by(|a, b| a.0.cmp(&b.0));
-                    let mut map = s.serialize_map(Some(entries.len()))?;
-                    for (key, value) in entries {
-                        map.serialize_entry(&key, &self.nested(value).map_err(S::Error::custom)?)?;
-                    }
-                    map.end()
+                    let mut held = 0;
+                    let result = (|| {
+                        for pair in table.pairs::<Value, Value>() {
+                            let (key, value) = pair.map_err(S::Error::custom)?;
+                            let key = object_key(&key).map_err(S::Error::custom)?;
+                            let Some(left) = self.budget.get().checked_sub(ENTRY) else {
+                                self.too_large.set(true);
+                                return Err(S::Error::custom("the JSON text is too large"));
+                            };
+                            self.budget.set(left);
+                            held += ENTRY;
+                            entries.push((key, value));
+                        }
+                        entries.sort_by(|a, b| a.0.with_bytes(|x| b.0.with_bytes(|y| x.cmp(y))));
+                        let mut map = s.serialize_map(Some(entries.len()))?;
+                        for (key, value) in entries.drain(..) {
+                            map.serialize_entry(
+                                &key,
+                                &self.nested(value).map_err(S::Error::custom)?,
+                            )?;
+                        }
+                        map.end()
+                    })();
+                    self.budget.set(self.budget.get() + held);
+                    result
                 }
             },
             other => Err(S::Error::custom(format!(
@@ -288,13 +350,13 @@ impl Serialize for Encode {
 
 /// Object keys are strings; integer keys are written in decimal, as
 /// lua-cjson does.
-fn object_key(key: &Value) -> Result<String, String> {
+fn object_key(key: &Value) -> Result<Key, String> {
     match key {
-        Value::String(s) => s
-            .to_str()
-            .map(|s| s.to_owned())
-            .map_err(|_| "cannot encode a key that is not UTF-8".to_owned()),
-        Value::Integer(i) => Ok(i.to_string()),
+        Value::String(s) => match s.to_str() {
+            Ok(_) => Ok(Key::Text(s.clone())),
+            Err(_) => Err("cannot encode a key that is not UTF-8".to_owned()),
+        },
+        Value::Integer(i) => Ok(Key::Integer(i.to_string())),
         other => Err(format!(
             "cannot encode a table key of type {}",
             other.type_name()

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::sandbox::{Limits, Sandbox};
-use super::{LoadError, LuaRequest, LuaResponse, RunError, Scripts, Target};
+use super::{Current, LoadError, LuaRequest, LuaResponse, RunError, Target};
 use crate::telemetry::{LUA_ERRORS, LUA_LIMIT_HITS, LUA_RUNS};
 
 /// Lua runs use the C stack for nested calls through C (pcall, metamethods,
@@ -64,14 +64,14 @@ pub struct Pool {
 impl Pool {
     /// Starts the workers and waits until each has built its sandbox, so
     /// that a script that does not compile stops start-up.
-    pub fn start(scripts: Arc<Scripts>, limits: Limits, size: PoolSize) -> Result<Self, LoadError> {
+    pub fn start(current: Arc<Current>, limits: Limits, size: PoolSize) -> Result<Self, LoadError> {
         let (queue, jobs) = sync_channel::<Job>(size.queue);
         let jobs = Arc::new(Mutex::new(jobs));
         let busy = Arc::new(AtomicUsize::new(0));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for i in 0..size.workers {
             let worker = Worker {
-                scripts: scripts.clone(),
+                current: current.clone(),
                 limits,
                 jobs: jobs.clone(),
                 busy: busy.clone(),
@@ -142,7 +142,8 @@ impl Pool {
 }
 
 struct Worker {
-    scripts: Arc<Scripts>,
+    /// The script set being served; a reload swaps it.
+    current: Arc<Current>,
     limits: Limits,
     jobs: Arc<Mutex<Receiver<Job>>>,
     busy: Arc<AtomicUsize>,
@@ -150,7 +151,8 @@ struct Worker {
 
 impl Worker {
     fn run(self, ready: std::sync::mpsc::Sender<Result<(), LoadError>>) {
-        let mut sandbox = match Sandbox::new(&self.scripts, self.limits) {
+        let (mut generation, mut scripts) = self.current.get();
+        let mut sandbox = match Sandbox::new(&scripts, self.limits) {
             Ok(sandbox) => {
                 let _ = ready.send(Ok(()));
                 sandbox
@@ -166,6 +168,21 @@ impl Worker {
             // The caller gave up (client gone, request timeout): skip the run.
             if job.reply.is_closed() {
                 continue;
+            }
+            // A reload swapped the script set (compiled once already, so
+            // this does not fail but for lack of memory): the next run
+            // sees the new set whole.
+            if self.current.generation() != generation {
+                let (new_generation, new_scripts) = self.current.get();
+                match Sandbox::new(&new_scripts, self.limits) {
+                    Ok(new) => {
+                        sandbox = new;
+                        (generation, scripts) = (new_generation, new_scripts);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot load the reloaded scripts; keeping the old ones")
+                    }
+                }
             }
             self.busy.fetch_add(1, Ordering::Relaxed);
             let script = job.target.display_name();
@@ -192,7 +209,7 @@ impl Worker {
             let _ = job.reply.send(result);
             // After answering, off the request's critical path.
             if fresh_state {
-                match Sandbox::new(&self.scripts, self.limits) {
+                match Sandbox::new(&scripts, self.limits) {
                     Ok(new) => sandbox = new,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot renew a Lua state; keeping the old one")

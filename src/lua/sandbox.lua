@@ -17,8 +17,9 @@ local real_create, real_resume, real_close = coroutine.create, coroutine.resume,
 local randomseed, tointeger = math.randomseed, math.tointeger
 local real_rep = string.rep
 local real_insert, real_remove, real_move = table.insert, table.remove, table.move
-local expired, host_log = host.expired, host.log
-local max_elements = host.max_elements
+local real_sort, real_date = table.sort, os.date
+local expired, host_log, seed = host.expired, host.log, host.seed
+local max_elements, max_load = host.max_elements, host.max_load
 
 -- Nothing may dump a function, not even through ("").dump.
 string.dump = nil
@@ -40,6 +41,34 @@ local LIBRARIES = {
   coroutine = coroutine,
   os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime },
 }
+
+-- Lua's pattern matcher backtracks inside one C call, out of the hook's
+-- sight: these are a port of it with a step budget (patterns.rs). Its
+-- script errors come back as (FAIL, message), raised here as the plain
+-- strings the C functions raise.
+local FAIL = host.pattern_fail
+local function checked(first, ...)
+  if rawequal(first, FAIL) then
+    error((...), 0)
+  end
+  return first, ...
+end
+local host_find, host_match, host_gmatch, host_gsub = host.find, host.match, host.gmatch, host.gsub
+function string.find(...)
+  return checked(host_find(...))
+end
+function string.match(...)
+  return checked(host_match(...))
+end
+function string.gsub(...)
+  return checked(host_gsub(...))
+end
+function string.gmatch(...)
+  local next_match = checked(host_gmatch(...))
+  return function()
+    return checked(next_match())
+  end
+end
 
 local function copy(t)
   local c = {}
@@ -197,6 +226,29 @@ local function remove(t, pos)
   return removed
 end
 
+-- table.sort compares in C without calling anything when no comparator is
+-- given: a million copies of one long string take hours. Comparing through
+-- a Lua function puts every comparison in the hook's sight.
+local function less(a, b)
+  return a < b
+end
+
+local function sort(t, comp)
+  if comp == nil then
+    comp = less
+  end
+  return real_sort(t, comp)
+end
+
+-- os.date runs strftime once per conversion of its format, in one C call.
+local MAX_DATE_FORMAT = 256
+local function date(format, time)
+  if type(format) == "string" and #format > MAX_DATE_FORMAT then
+    error("bad argument #1 to 'date' (format longer than " .. MAX_DATE_FORMAT .. " bytes)", 2)
+  end
+  return real_date(format, time)
+end
+
 local function print(...)
   local parts = {}
   for i = 1, select("#", ...) do
@@ -210,9 +262,10 @@ local function log(message)
 end
 
 return function(request)
-  -- math.random's state lives in the library itself: reseed it so no run
-  -- can predict the next one's numbers.
-  randomseed()
+  -- math.random's state lives in the library itself: reseed it from the
+  -- operating system's random source, so that no run can predict its own
+  -- numbers nor the next run's (Lua's own seed is the time and an address).
+  randomseed(seed())
 
   local env = copy(base)
   for name, lib in pairs(LIBRARIES) do
@@ -222,6 +275,8 @@ return function(request)
   env.table.move = move
   env.table.insert = insert
   env.table.remove = remove
+  env.table.sort = sort
+  env.os.date = date
   env.coroutine.resume = resume
   env.coroutine.close = close
   env.coroutine.wrap = wrap
@@ -233,12 +288,34 @@ return function(request)
   env._VERSION = _VERSION
   env._G = env
 
-  -- Text chunks only, and by default in this run's environment.
+  -- Text chunks only, at most max_load bytes, and by default in this run's
+  -- environment.
   env.load = function(chunk, name, _mode, chunk_env)
     if chunk_env == nil then
       chunk_env = env
     end
+    local too_large = "chunk larger than " .. max_load .. " bytes"
+    local refused = false
+    if type(chunk) == "string" and #chunk > max_load then
+      return nil, too_large
+    elseif type(chunk) == "function" then
+      local reader, size = chunk, 0
+      chunk = function()
+        local piece = reader()
+        if type(piece) == "string" then
+          size = size + #piece
+          if size > max_load then
+            refused = true
+            error(too_large, 0)
+          end
+        end
+        return piece
+      end
+    end
     local f, err = real_load(chunk, name, "t", chunk_env)
+    if refused then
+      return nil, too_large
+    end
     if f == nil and expired() then
       error(err, 0)
     end

@@ -8,10 +8,17 @@
 //! unhooks it afterwards, so nothing a run writes survives it.
 //!
 //! Limits: the memory limit is the state's allocation ceiling, set for each
-//! run to what the state uses at rest plus the budget; the time limit is a
-//! deadline checked by an instruction-count hook, which raises an error
-//! once the deadline has passed (and keeps raising it, so that `pcall`
-//! cannot swallow it; see `sandbox.lua`).
+//! run to what the state uses at rest plus the budget; what the host copies
+//! out of a run (response body and headers, `json.encode`'s text, `gsub`'s
+//! result) is charged to what is left of it. The time limit is a wall-clock
+//! deadline checked by a hook that fires every few VM instructions and on
+//! every function call, C functions included (so a C library loop that
+//! calls a metamethod is seen too); once the deadline has passed it raises
+//! an error each time it fires, so that `pcall` cannot swallow it (see
+//! `sandbox.lua`). The C functions that could loop without calling
+//! anything are bounded or replaced: the pattern matcher by a port with a
+//! step budget (`patterns.rs`), `table.sort` by one that compares through
+//! a Lua function, `load` by a size cap, and others in `sandbox.lua`.
 //!
 //! The hook is a plain C hook set through `mlua::ffi`, not mlua's hook API:
 //! when an mlua hook callback fails, mlua truncates the stack of the
@@ -29,9 +36,20 @@ use mlua::{Function, Lua, LuaOptions, LuaString, StdLib, Table, Value, chunk::Ch
 use super::json;
 use super::{LoadError, LuaRequest, LuaResponse, RunError, Scripts, Target};
 
-/// How often (in VM instructions) the hook looks at the clock: every few
-/// tens of microseconds, cheap next to the instructions themselves.
-const HOOK_EVERY: i32 = 10_000;
+/// How often (in VM instructions) the hook looks at the clock. Lua already
+/// runs its hook check on every instruction once a count hook is set; this
+/// is how often the check ends in a look at the clock. Small, because one
+/// instruction can cost milliseconds (comparing or joining strings of
+/// megabytes).
+const HOOK_EVERY: i32 = 128;
+
+/// The largest chunk `load` compiles, in bytes. Compiling is one C call
+/// that no hook sees, and some sources compile in quadratic time (long
+/// `or` chains): this bounds it well under the time limit.
+pub(super) const MAX_LOAD: usize = 64 * 1024;
+
+/// What one response header costs the run beyond its name and value.
+const HEADER_OVERHEAD: usize = 64;
 
 /// Error details shown to clients are cut to this many characters.
 const MAX_DETAIL: usize = 1024;
@@ -64,12 +82,25 @@ struct RunState {
     /// The display name of the running script, for its log lines.
     script: RefCell<String>,
     response: RefCell<Option<LuaResponse>>,
+    /// The state's allocation ceiling during the run (0 between runs).
+    ceiling: Cell<usize>,
+}
+
+impl RunState {
+    /// How many bytes the run may still take: what host copies are
+    /// charged against.
+    fn budget(&self, lua: &Lua, limits: Limits) -> usize {
+        match self.ceiling.get() {
+            0 => limits.memory,
+            ceiling => ceiling.saturating_sub(lua.used_memory()),
+        }
+    }
 }
 
 /// The deadline of the run going on in this thread. A Lua state never
 /// leaves the thread that made it and runs one script at a time, so the
 /// C hook finds its run's deadline here.
-struct Clock {
+pub(super) struct Clock {
     deadline: Cell<Option<Instant>>,
     /// Set by the hook once the deadline has passed.
     expired: Cell<bool>,
@@ -96,12 +127,12 @@ impl Clock {
         CLOCK.with(|c| c.deadline.set(None));
     }
 
-    fn expired() -> bool {
+    pub(super) fn expired() -> bool {
         CLOCK.with(|c| c.expired.get())
     }
 
     /// Whether the run may go on; marks it expired once the deadline passed.
-    fn on_time() -> bool {
+    pub(super) fn on_time() -> bool {
         CLOCK.with(|c| match c.deadline.get() {
             Some(deadline) if Instant::now() >= deadline => {
                 c.expired.set(true);
@@ -112,16 +143,17 @@ impl Clock {
     }
 }
 
-/// The count hook: raises "time limit exceeded" once the deadline passed.
-/// Coroutines inherit it from the thread that creates them.
+/// The count and call hook: raises "time limit exceeded" once the deadline
+/// passed. Coroutines inherit it from the thread that creates them.
 unsafe extern "C-unwind" fn time_limit_hook(state: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {
     if Clock::on_time() {
         return;
     }
     // SAFETY: `state` is the running Lua thread. The hook fires only while
-    // Lua code runs, and no host function runs Lua code (they read tables
-    // raw), so lua_error's longjmp crosses no Rust frame but this one, which
-    // owns nothing that needs dropping; the protected call of the run (or a
+    // Lua code runs or a function is being called; host functions that call
+    // back into Lua (gsub, json) do so through mlua's protected calls, so
+    // lua_error's longjmp crosses no Rust frame but this one, which owns
+    // nothing that needs dropping; the protected call of the run (or a
     // pcall in the script) catches it.
     unsafe {
         ffi::lua_pushliteral(state, c"time limit exceeded");
@@ -167,7 +199,12 @@ impl Sandbox {
         // the scripts; nothing else is touched.
         unsafe {
             lua.exec_raw::<()>((), |state| {
-                ffi::lua_sethook(state, Some(time_limit_hook), ffi::LUA_MASKCOUNT, HOOK_EVERY);
+                ffi::lua_sethook(
+                    state,
+                    Some(time_limit_hook),
+                    ffi::LUA_MASKCOUNT | ffi::LUA_MASKCALL,
+                    HOOK_EVERY,
+                );
             })
         }
         .map_err(interpreter)?;
@@ -219,8 +256,8 @@ impl Sandbox {
     pub fn run(&mut self, target: &Target, request: &LuaRequest) -> Result<LuaResponse, RunError> {
         let script = target.display_name();
         let Some(chunk) = self.chunks.get(target).cloned() else {
-            tracing::error!(script, "asked to run a script that was not loaded");
-            return Err(RunError::Internal { script });
+            // A reload removed it after the route looked.
+            return Err(RunError::Missing { script });
         };
         *self.run.script.borrow_mut() = script.clone();
         self.run.response.take();
@@ -271,14 +308,16 @@ impl Sandbox {
         let (env, string_mt): (Table, Table) = self.new_env.call(request)?;
         chunk.set_environment(env)?;
         self.lua.set_type_metatable::<LuaString>(Some(string_mt));
-        self.lua
-            .set_memory_limit(self.lua.used_memory() + self.limits.memory)?;
+        let ceiling = self.lua.used_memory() + self.limits.memory;
+        self.lua.set_memory_limit(ceiling)?;
+        self.run.ceiling.set(ceiling);
         Ok(())
     }
 
     /// Lifts the memory ceiling and unhooks the run's tables from the state.
     fn finish(&self, chunk: &Function) {
         let _ = self.lua.set_memory_limit(0);
+        self.run.ceiling.set(0);
         let _ = chunk.set_environment(self.idle_env.clone());
         self.lua
             .set_type_metatable::<LuaString>(Some(self.idle_string_mt.clone()));
@@ -292,10 +331,29 @@ fn host_functions(lua: &Lua, run: &Rc<RunState>, limits: Limits) -> mlua::Result
     // No run can fill more table slots (16 bytes each) than this.
     host.set("max_elements", limits.memory / 16)?;
 
+    host.set("max_load", MAX_LOAD)?;
+
     host.set(
         "expired",
         lua.create_function(|_, ()| Ok(Clock::expired()))?,
     )?;
+
+    // Two 64-bit seeds for math.randomseed, from the operating system.
+    host.set(
+        "seed",
+        lua.create_function(|_, ()| {
+            let seed = || getrandom::u64().map(|n| n as i64);
+            match (seed(), seed()) {
+                (Ok(a), Ok(b)) => Ok((a, b)),
+                (Err(e), _) | (_, Err(e)) => Err(mlua::Error::runtime(format!(
+                    "no random seed from the operating system: {e}"
+                ))),
+            }
+        })?,
+    )?;
+
+    let state = run.clone();
+    super::patterns::install(lua, &host, move |lua: &Lua| state.budget(lua, limits))?;
 
     let state = run.clone();
     host.set(
@@ -312,8 +370,17 @@ fn host_functions(lua: &Lua, run: &Rc<RunState>, limits: Limits) -> mlua::Result
     host.set(
         "response",
         lua.create_function(move |lua, (body, status, headers): (Value, Value, Value)| {
-            let response = parse_response(lua, body, status, headers)
-                .map_err(|message| located(lua, &format!("response: {message}")))?;
+            let budget = state.budget(lua, limits);
+            let response =
+                parse_response(lua, body, status, headers, budget).map_err(|e| match e {
+                    ResponseError::Invalid(message) => {
+                        located(lua, &format!("response: {message}"))
+                    }
+                    ResponseError::Memory => mlua::Error::MemoryError(
+                        "response: the body and headers are larger than the memory left to the run"
+                            .into(),
+                    ),
+                })?;
             let mut slot = state.response.borrow_mut();
             if slot.is_some() {
                 return Err(located(lua, "response: already called"));
@@ -330,11 +397,18 @@ fn host_functions(lua: &Lua, run: &Rc<RunState>, limits: Limits) -> mlua::Result
     array_mt.raw_set("__metatable", "json.array")?;
 
     let mt = array_mt.clone();
+    let state = run.clone();
     host.set(
         "json_encode",
         lua.create_function(move |lua, value: Value| {
-            let text = json::encode(value, &mt, limits.memory)
-                .map_err(|e| located(lua, &format!("json.encode: {e}")))?;
+            // The text is copied into Lua afterwards: half the budget each.
+            let budget = state.budget(lua, limits) / 2;
+            let text = json::encode(value, &mt, budget).map_err(|e| match e {
+                json::EncodeError::TooLarge(_) => mlua::Error::MemoryError(format!(
+                    "json.encode: {e} (what is left of the memory limit)"
+                )),
+                e => located(lua, &format!("json.encode: {e}")),
+            })?;
             lua.create_string(text)
         })?,
     )?;
@@ -394,18 +468,56 @@ fn request_table(lua: &Lua, request: &LuaRequest) -> mlua::Result<Table> {
     Ok(table)
 }
 
-/// Checks the arguments of `response(body [, status [, headers]])`.
+/// Why `response(...)` was refused.
+enum ResponseError {
+    Invalid(String),
+    /// Copying it out would take more than the run has left.
+    Memory,
+}
+
+impl From<String> for ResponseError {
+    fn from(message: String) -> Self {
+        ResponseError::Invalid(message)
+    }
+}
+
+impl From<&str> for ResponseError {
+    fn from(message: &str) -> Self {
+        ResponseError::Invalid(message.to_owned())
+    }
+}
+
+/// Counts the bytes copied out of the run against what it has left.
+struct Charge(usize);
+
+impl Charge {
+    fn take(&mut self, bytes: usize) -> Result<(), ResponseError> {
+        self.0 = self.0.checked_sub(bytes).ok_or(ResponseError::Memory)?;
+        Ok(())
+    }
+}
+
+/// Checks the arguments of `response(body [, status [, headers]])` and
+/// copies them out, charging each copy to `budget` before it is made.
 fn parse_response(
     lua: &Lua,
     body: Value,
     status: Value,
     headers: Value,
-) -> Result<LuaResponse, String> {
+    budget: usize,
+) -> Result<LuaResponse, ResponseError> {
+    let mut charge = Charge(budget);
     let body = match body {
         Value::Nil => Vec::new(),
-        other => text_bytes(lua, other).map_err(|kind| {
-            format!("the body must be a string, not a {kind} (json.encode makes one from a table)")
-        })?,
+        other => {
+            let text = text_string(lua, other).map_err(|kind| {
+                format!(
+                    "the body must be a string, not a {kind} (json.encode makes one from a table)"
+                )
+            })?;
+            charge.take(text.as_bytes().len())?;
+            text.as_bytes().to_vec()
+        }
     };
     let status = match status {
         Value::Nil => 200,
@@ -424,14 +536,11 @@ fn parse_response(
         Value::Table(table) => {
             for pair in table.pairs::<Value, Value>() {
                 let (name, value) = pair.map_err(|e| e.to_string())?;
-                add_header(lua, &mut out, name, value)?;
+                add_header(lua, &mut out, name, value, &mut charge)?;
             }
         }
         other => {
-            return Err(format!(
-                "the headers must be a table, not a {}",
-                other.type_name()
-            ));
+            return Err(format!("the headers must be a table, not a {}", other.type_name()).into());
         }
     }
     // Table order is arbitrary: sort for a stable answer (a repeated
@@ -458,57 +567,59 @@ fn add_header(
     out: &mut Vec<(HeaderName, HeaderValue)>,
     name: Value,
     value: Value,
-) -> Result<(), String> {
+    charge: &mut Charge,
+) -> Result<(), ResponseError> {
     let Value::String(name) = name else {
-        return Err(format!(
-            "header names must be strings, not {}",
-            name.type_name()
-        ));
+        return Err(format!("header names must be strings, not {}", name.type_name()).into());
     };
     let name = HeaderName::from_bytes(&name.as_bytes())
         .map_err(|_| format!("invalid header name {:?}", name.to_string_lossy()))?;
     if FRAMING_HEADERS.contains(&name) {
-        return Err(format!("the {name} header is set by the server"));
+        return Err(format!("the {name} header is set by the server").into());
     }
-    let values = match value {
-        Value::Table(list) => list
-            .sequence_values::<Value>()
-            .collect::<mlua::Result<Vec<_>>>()
-            .map_err(|e| e.to_string())?,
-        single => vec![single],
-    };
-    for value in values {
-        let text = text_bytes(lua, value)
+    let mut add = |value: Value| -> Result<(), ResponseError> {
+        let text = text_string(lua, value)
             .map_err(|kind| format!("the value of header {name} must be a string, not a {kind}"))?;
+        let text = text.as_bytes();
+        charge.take(HEADER_OVERHEAD + name.as_str().len() + text.len())?;
         let value = HeaderValue::from_bytes(&text)
             .map_err(|_| format!("invalid value for header {name}"))?;
         out.push((name.clone(), value));
+        Ok(())
+    };
+    match value {
+        // One at a time: each is charged before the next is looked at.
+        Value::Table(list) => {
+            for value in list.sequence_values::<Value>() {
+                add(value.map_err(|e| e.to_string())?)?;
+            }
+            Ok(())
+        }
+        single => add(single),
     }
-    Ok(())
 }
 
-/// The bytes of a string, or of a number as Lua writes it; for any other
-/// value, its type name.
-fn text_bytes(lua: &Lua, value: Value) -> Result<Vec<u8>, &'static str> {
+/// A string, or a number as Lua writes it; for any other value, its type
+/// name. Nothing is copied out of Lua yet.
+fn text_string(lua: &Lua, value: Value) -> Result<LuaString, &'static str> {
     match value {
-        Value::String(_) | Value::Integer(_) | Value::Number(_) => Ok(lua
-            .coerce_string(value)
-            .ok()
-            .flatten()
-            .map(|s| s.as_bytes().to_vec())
-            .unwrap_or_default()),
+        Value::String(s) => Ok(s),
+        Value::Integer(_) | Value::Number(_) => {
+            lua.coerce_string(value).ok().flatten().ok_or("number")
+        }
         other => Err(other.type_name()),
     }
 }
 
 /// An error raised by a host function, prefixed with the script position
 /// that called it (`echo.lua:3: …`), as Lua's own `error` does.
-fn located(lua: &Lua, message: &str) -> mlua::Error {
+pub(super) fn located(lua: &Lua, message: &str) -> mlua::Error {
+    // The first caller with a line that is not sandbox.lua's own wrapper.
     let position = (1..32).find_map(|level| {
         lua.inspect_stack(level, |frame| {
             let line = frame.current_line()?;
             let source = frame.source().short_src?.into_owned();
-            Some(format!("{source}:{line}"))
+            (source != "sandbox").then(|| format!("{source}:{line}"))
         })
         .flatten()
     });
@@ -528,12 +639,12 @@ fn root_cause(e: &mlua::Error) -> &mlua::Error {
     }
 }
 
-fn is_memory_error(e: &mlua::Error) -> bool {
+pub(super) fn is_memory_error(e: &mlua::Error) -> bool {
     matches!(root_cause(e), mlua::Error::MemoryError(_))
 }
 
 /// Lua's message, without mlua's "runtime error: " prefix.
-fn error_message(e: &mlua::Error) -> String {
+pub(super) fn error_message(e: &mlua::Error) -> String {
     match root_cause(e) {
         mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => m.clone(),
         mlua::Error::SyntaxError { message, .. } => message.clone(),
@@ -542,7 +653,7 @@ fn error_message(e: &mlua::Error) -> String {
 }
 
 /// The message without the stack traceback mlua appends.
-fn first_line(message: &str) -> &str {
+pub(super) fn first_line(message: &str) -> &str {
     message
         .split_once("\nstack traceback:")
         .map_or(message, |(head, _)| head)
