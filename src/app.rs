@@ -130,6 +130,10 @@ impl App {
         let App { state, listener } = self;
         let router = crate::http::router(state.clone());
         let grace = state.config.shutdown_grace;
+        // SIGHUP (and, opted in, a change of the directory) reloads the
+        // scripts while the server runs; in place before "listening".
+        #[cfg(feature = "lua")]
+        let _reloaders = state.lua.spawn_reloaders(state.config.scripts_watch);
         tracing::info!(
             addr = %listener.local_addr()?,
             version = crate::build::VERSION,

@@ -75,6 +75,8 @@ pub struct Config {
     pub scripts_dir: PathBuf,
     /// Whether `scripts_dir` was set explicitly (then it must exist).
     pub scripts_dir_explicit: bool,
+    /// Reload the scripts when the directory changes.
+    pub scripts_watch: bool,
     pub lua_memory: usize,
     pub lua_timeout: Duration,
     pub credentials: Option<Credentials>,
@@ -111,6 +113,7 @@ impl Default for Config {
             ip_cache_ttl: Duration::from_secs(60),
             scripts_dir: PathBuf::from("scripts"),
             scripts_dir_explicit: false,
+            scripts_watch: false,
             lua_memory: 16 * 1024 * 1024,
             lua_timeout: Duration::from_millis(100),
             credentials: None,
@@ -165,10 +168,13 @@ pub struct ConfigFlags {
     /// Directory of Lua scripts served at /lua/{name} [env: SKIFF_SCRIPTS_DIR]
     #[arg(long, global = true)]
     pub scripts_dir: Option<String>,
+    /// Reload the scripts when their directory changes: true or false [env: SKIFF_SCRIPTS_WATCH] [default: false]
+    #[arg(long, global = true)]
+    pub scripts_watch: Option<String>,
     /// Memory limit of one Lua run, e.g. 16MiB [env: SKIFF_LUA_MEMORY]
     #[arg(long, global = true)]
     pub lua_memory: Option<String>,
-    /// CPU time limit of one Lua run, e.g. 100ms [env: SKIFF_LUA_TIMEOUT]
+    /// Time limit (wall clock) of one Lua run, e.g. 100ms [env: SKIFF_LUA_TIMEOUT]
     #[arg(long, global = true)]
     pub lua_timeout: Option<String>,
     /// Requests served at once before shedding with 503; 0 = no limit [env: SKIFF_MAX_CONCURRENCY] [default: 1024]
@@ -340,6 +346,19 @@ impl Config {
         let scripts_dir = parse_with(scripts, d.scripts_dir, "a directory path", |v| {
             (!v.is_empty()).then(|| PathBuf::from(v))
         })?;
+        let scripts_watch = parse_with(
+            src.lookup(
+                ("scripts-watch", &f.scripts_watch),
+                &["SKIFF_SCRIPTS_WATCH"],
+            ),
+            d.scripts_watch,
+            "true or false",
+            |v| match v {
+                "true" => Some(true),
+                "false" => Some(false),
+                _ => None,
+            },
+        )?;
         let lua_memory = parse_with(
             src.lookup(("lua-memory", &f.lua_memory), &["SKIFF_LUA_MEMORY"]),
             d.lua_memory,
@@ -403,6 +422,7 @@ impl Config {
             ip_cache_ttl,
             scripts_dir,
             scripts_dir_explicit,
+            scripts_watch,
             lua_memory,
             lua_timeout,
             credentials,
@@ -620,6 +640,7 @@ mod tests {
         assert_eq!(c.lua_timeout, Duration::from_millis(100));
         assert!(c.credentials.is_none());
         assert!(!c.scripts_dir_explicit);
+        assert!(!c.scripts_watch);
     }
 
     #[test]

@@ -296,7 +296,9 @@ async fn an_endless_loop_is_a_503_within_about_the_limit() {
 
 #[tokio::test]
 async fn a_memory_hog_is_a_500() {
-    let app = spawn_fixtures().await;
+    // Filling 16 MiB takes tens of milliseconds on a loaded machine: a time
+    // limit it cannot meet first.
+    let app = spawn_fixtures_with(|c| c.lua_timeout = Duration::from_secs(2)).await;
     let body = assert_problem(app.get("/lua/hog").await, 500).await;
     let detail = body["detail"].as_str().unwrap();
     assert!(
@@ -309,7 +311,8 @@ async fn a_memory_hog_is_a_500() {
 
 #[tokio::test]
 async fn metrics_count_runs_errors_and_limit_hits() {
-    let app = spawn_fixtures().await;
+    // As in a_memory_hog_is_a_500: the hog meets the memory limit first.
+    let app = spawn_fixtures_with(|c| c.lua_timeout = Duration::from_secs(2)).await;
     let metric = |text: &str, sample: &str| common::metric(text, sample).unwrap_or(0.0);
     let before = text(app.get("/metrics").await).await;
     for path in [

@@ -192,6 +192,9 @@ struct Source {
     limits: Limits,
     /// One reload at a time.
     reloading: Mutex<()>,
+    /// The directory as it was just before the scripts were read at start:
+    /// the watch's first reference, so no change after it is missed.
+    at_start: Fingerprint,
 }
 
 /// The scripts and the worker pool that runs them. Cheap to clone; the
@@ -207,6 +210,7 @@ impl LuaEngine {
     /// Reads and compiles the scripts and starts the workers. A script that
     /// does not compile stops start-up, naming its file and line.
     pub fn start(config: &Config) -> Result<Self, LoadError> {
+        let at_start = fingerprint(&config.scripts_dir);
         let scripts = Scripts::load(&config.scripts_dir, config.scripts_dir_explicit)?;
         let limits = Limits {
             memory: config.lua_memory,
@@ -226,6 +230,7 @@ impl LuaEngine {
                 explicit: config.scripts_dir_explicit,
                 limits,
                 reloading: Mutex::new(()),
+                at_start,
             }),
         })
     }
@@ -302,9 +307,7 @@ impl LuaEngine {
     async fn watch(&self) {
         let dir = self.source.dir.clone();
         let listing = move || fingerprint(&dir);
-        let mut last = tokio::task::spawn_blocking(listing.clone())
-            .await
-            .unwrap_or_default();
+        let mut last = self.source.at_start.clone();
         let mut tick = tokio::time::interval(WATCH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
