@@ -59,6 +59,11 @@ const MAX_DETAIL: usize = 1024;
 /// Log lines written by scripts are cut to this many bytes.
 const MAX_LOG_LINE: usize = 8 * 1024;
 
+/// What one run may write to the log, in bytes: a loop of `log` calls
+/// would otherwise write hundreds of megabytes within its time limit, and
+/// a blocked stdout would hold the worker where no hook reaches it.
+const MAX_LOG_PER_RUN: usize = 64 * 1024;
+
 /// The headers a script may not set: the server owns the message framing.
 const FRAMING_HEADERS: [HeaderName; 6] = [
     header::CONTENT_LENGTH,
@@ -83,6 +88,8 @@ pub struct Limits {
 struct RunState {
     /// The display name of the running script, for its log lines.
     script: RefCell<String>,
+    /// Bytes this run has written to the log.
+    logged: Cell<usize>,
     response: RefCell<Option<LuaResponse>>,
     /// The state's allocation ceiling during the run (0 between runs).
     ceiling: Cell<usize>,
@@ -263,6 +270,7 @@ impl Sandbox {
         };
         *self.run.script.borrow_mut() = script.clone();
         self.run.response.take();
+        self.run.logged.set(0);
 
         if let Err(e) = self.prepare(&chunk, request) {
             self.finish(&chunk);
@@ -362,8 +370,21 @@ fn host_functions(lua: &Lua, run: &Rc<RunState>, limits: Limits) -> mlua::Result
         "log",
         lua.create_function(move |_, message: LuaString| {
             let bytes = message.as_bytes();
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_LOG_LINE)]);
+            let line = &bytes[..bytes.len().min(MAX_LOG_LINE)];
+            let logged = state.logged.get();
+            if logged >= MAX_LOG_PER_RUN {
+                return Ok(());
+            }
+            state.logged.set(logged + line.len().max(1));
+            let text = String::from_utf8_lossy(line);
             tracing::info!(target: "skiff::lua", script = %state.script.borrow(), "{text}");
+            if logged + line.len() >= MAX_LOG_PER_RUN {
+                tracing::warn!(
+                    target: "skiff::lua",
+                    script = %state.script.borrow(),
+                    "this run wrote {MAX_LOG_PER_RUN} bytes to the log: the rest of its log lines are dropped"
+                );
+            }
             Ok(())
         })?,
     )?;

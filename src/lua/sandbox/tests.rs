@@ -937,3 +937,23 @@ fn os_date_refuses_long_formats() {
     );
     assert_eq!(eval("response(os.date('!%Y', 0))"), "1970");
 }
+
+#[test]
+fn log_output_is_capped_per_run() {
+    let mut sb = sandbox(&[
+        (
+            "flood",
+            "local s = ('x'):rep(8000) for i = 1, 100000 do log(s) print(i) end response('ok')",
+        ),
+        ("one", "log('x') response('ok')"),
+    ]);
+    assert_eq!(answer(&mut sb, "flood"), "ok");
+    let logged = sb.run.logged.get();
+    assert!(
+        (MAX_LOG_PER_RUN..MAX_LOG_PER_RUN + MAX_LOG_LINE).contains(&logged),
+        "{logged} bytes logged"
+    );
+    // The next run on the same state may log again.
+    assert_eq!(answer(&mut sb, "one"), "ok");
+    assert_eq!(sb.run.logged.get(), 1);
+}
