@@ -37,6 +37,7 @@ pub struct ServeArgs {
 }
 
 /// The settings `skiff migrate` and `skiff db …` use.
+#[cfg(feature = "users")]
 #[derive(Debug, Clone, Default, Args)]
 pub struct DatabaseFlags {
     /// Database URL: sqlite://FILE, sqlite::memory: or postgres://… [env: DATABASE_URL]
@@ -50,6 +51,7 @@ pub struct DatabaseFlags {
     pub log_format: Option<String>,
 }
 
+#[cfg(feature = "users")]
 impl DatabaseFlags {
     /// The variables these flags stand for: the only ones the command reads.
     const VARS: &'static [&'static str] =
