@@ -301,7 +301,7 @@ class Skiff(Server):
             run_cmd([str(BENCH / "pg"), "reset", str(ctx.pg_dir), str(ctx.pg_port)], timeout=120)
 
     def command(self, ctx, port, workdir):
-        (workdir / "scripts").mkdir(exist_ok=True)
+        (workdir / "lua").mkdir(exist_ok=True)
         db = ctx.pg_url if self.postgres else f"sqlite://{workdir}/skiff.db"
         env = base_env() | {
             "PORT": str(port),
@@ -309,7 +309,7 @@ class Skiff(Server):
             "DATABASE_URL": db,
             "SKIFF_LOG": "warn",  # no access log, like every peer here
             "SKIFF_SHUTDOWN_GRACE": "1s",
-            "SKIFF_SCRIPTS_DIR": str(workdir / "scripts"),
+            "SKIFF_SCRIPTS_DIR": str(workdir / "lua"),
             "SKIFF_IP_UPSTREAM": "http://127.0.0.1:9",  # never called; loopback only
         }
         return [str(self.binary), "serve"], env

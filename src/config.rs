@@ -72,6 +72,8 @@ pub struct Config {
     pub ip_upstream: String,
     pub ip_timeout: Duration,
     pub ip_cache_ttl: Duration,
+    /// A PEM file of extra roots for the upstream (`SSL_CERT_FILE`).
+    pub ssl_cert_file: Option<PathBuf>,
     pub scripts_dir: PathBuf,
     /// Whether `scripts_dir` was set explicitly (then it must exist).
     pub scripts_dir_explicit: bool,
@@ -111,7 +113,8 @@ impl Default for Config {
             ip_upstream: "https://api.ipify.org".into(),
             ip_timeout: Duration::from_secs(3),
             ip_cache_ttl: Duration::from_secs(60),
-            scripts_dir: PathBuf::from("scripts"),
+            ssl_cert_file: None,
+            scripts_dir: PathBuf::from("lua"),
             scripts_dir_explicit: false,
             scripts_watch: false,
             lua_memory: 16 * 1024 * 1024,
@@ -130,65 +133,77 @@ impl Default for Config {
 #[derive(Debug, Clone, Default, Args)]
 pub struct ConfigFlags {
     /// TCP port to listen on [env: PORT or SKIFF_PORT] [default: 8080]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub port: Option<String>,
     /// Address to bind [env: SKIFF_BIND] [default: 0.0.0.0]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub bind: Option<String>,
     /// Database URL: sqlite://FILE, sqlite::memory: or postgres://… [env: DATABASE_URL]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub database_url: Option<String>,
     /// Log filter, e.g. `info` or `skiff=debug` [env: SKIFF_LOG or RUST_LOG]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub log: Option<String>,
     /// Log format: text or json [env: SKIFF_LOG_FORMAT]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub log_format: Option<String>,
     /// Per-request timeout, e.g. 10s [env: SKIFF_REQUEST_TIMEOUT]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub request_timeout: Option<String>,
     /// Request body limit, e.g. 64KiB [env: SKIFF_BODY_LIMIT]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub body_limit: Option<String>,
     /// Time in-flight requests get after SIGTERM, e.g. 10s [env: SKIFF_SHUTDOWN_GRACE]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub shutdown_grace: Option<String>,
     /// Default IANA time zone of /time [env: SKIFF_TIME_ZONE]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub time_zone: Option<String>,
     /// Public-IP upstream URL (http or https) [env: SKIFF_IP_UPSTREAM]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub ip_upstream: Option<String>,
     /// Upstream timeout of /ip [env: SKIFF_IP_TIMEOUT]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub ip_timeout: Option<String>,
     /// How long a good /ip answer is cached [env: SKIFF_IP_CACHE_TTL]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub ip_cache_ttl: Option<String>,
+    /// Extra PEM roots for the /ip upstream, added to the built-in ones [env: SSL_CERT_FILE]
+    #[arg(long)]
+    pub ssl_cert_file: Option<String>,
     /// Directory of Lua scripts served at /lua/{name} [env: SKIFF_SCRIPTS_DIR]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub scripts_dir: Option<String>,
     /// Reload the scripts when their directory changes: true or false [env: SKIFF_SCRIPTS_WATCH] [default: false]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub scripts_watch: Option<String>,
     /// Memory limit of one Lua run, e.g. 16MiB [env: SKIFF_LUA_MEMORY]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub lua_memory: Option<String>,
     /// Time limit (wall clock) of one Lua run, e.g. 100ms [env: SKIFF_LUA_TIMEOUT]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub lua_timeout: Option<String>,
     /// Requests served at once before shedding with 503; 0 = no limit [env: SKIFF_MAX_CONCURRENCY] [default: 1024]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub max_concurrency: Option<String>,
     /// TCP connections open at once [env: SKIFF_MAX_CONNECTIONS] [default: 4096]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub max_connections: Option<String>,
     /// Time a client has to send its request headers [env: SKIFF_HEADER_TIMEOUT] [default: 5s]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub header_timeout: Option<String>,
     /// Time a kept-alive connection may wait for its next request [env: SKIFF_IDLE_TIMEOUT] [default: 75s]
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub idle_timeout: Option<String>,
+    /// User name HTTP Basic requires on /users [env: SKIFF_API_USER]
+    #[arg(long)]
+    pub api_user: Option<String>,
+    /// Password for --api-user; visible to `ps`, prefer --api-password-file [env: SKIFF_API_PASSWORD]
+    #[arg(long)]
+    pub api_password: Option<String>,
+    /// File holding the password for --api-user [env: SKIFF_API_PASSWORD_FILE]
+    #[arg(long)]
+    pub api_password_file: Option<String>,
 }
 
 /// Where values come from: the flags, then a lookup of environment variables.
@@ -341,10 +356,24 @@ impl Config {
             duration,
             parse_duration,
         )?;
+        let ssl_cert_file = parse_with(
+            src.lookup(("ssl-cert-file", &f.ssl_cert_file), &["SSL_CERT_FILE"]),
+            None,
+            "a readable file of PEM certificates",
+            // Empty means unset, as OpenSSL reads it.
+            |v| match v {
+                "" => Some(None),
+                _ => std::fs::File::open(v)
+                    .is_ok()
+                    .then(|| Some(PathBuf::from(v))),
+            },
+        )?;
         let scripts = src.lookup(("scripts-dir", &f.scripts_dir), &["SKIFF_SCRIPTS_DIR"]);
         let scripts_dir_explicit = scripts.is_some();
-        let scripts_dir = parse_with(scripts, d.scripts_dir, "a directory path", |v| {
-            (!v.is_empty()).then(|| PathBuf::from(v))
+        // Set explicitly, the directory must exist: a typo would otherwise
+        // serve no scripts (the default `lua` is optional).
+        let scripts_dir = parse_with(scripts, d.scripts_dir, "a readable directory", |v| {
+            (!v.is_empty() && std::fs::read_dir(v).is_ok()).then(|| PathBuf::from(v))
         })?;
         let scripts_watch = parse_with(
             src.lookup(
@@ -420,6 +449,7 @@ impl Config {
             ip_upstream,
             ip_timeout,
             ip_cache_ttl,
+            ssl_cert_file,
             scripts_dir,
             scripts_dir_explicit,
             scripts_watch,
@@ -437,15 +467,21 @@ impl Config {
 /// `SKIFF_API_USER` with `SKIFF_API_PASSWORD` or `SKIFF_API_PASSWORD_FILE`:
 /// both or neither.
 fn credentials(src: &Sources<'_>) -> Result<Option<Credentials>, ConfigError> {
-    let user = (src.env)("SKIFF_API_USER").filter(|u| !u.is_empty());
+    let f = src.flags;
+    let user = src
+        .lookup(("api-user", &f.api_user), &["SKIFF_API_USER"])
+        .filter(|(_, u)| !u.is_empty());
     let password = match (
-        (src.env)("SKIFF_API_PASSWORD"),
-        (src.env)("SKIFF_API_PASSWORD_FILE"),
+        src.lookup(("api-password", &f.api_password), &["SKIFF_API_PASSWORD"]),
+        src.lookup(
+            ("api-password-file", &f.api_password_file),
+            &["SKIFF_API_PASSWORD_FILE"],
+        ),
     ) {
-        (Some(p), _) if !p.is_empty() => Some(p),
-        (_, Some(path)) if !path.is_empty() => {
+        (Some((source, p)), _) if !p.is_empty() => Some((source, p)),
+        (_, Some((source, path))) if !path.is_empty() => {
             let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
-                name: "SKIFF_API_PASSWORD_FILE".into(),
+                name: source.clone(),
                 value: path.clone(),
                 expected: format!("a readable file holding the password ({e})"),
             })?;
@@ -453,21 +489,21 @@ fn credentials(src: &Sources<'_>) -> Result<Option<Credentials>, ConfigError> {
             let p = text.trim_end_matches(['\r', '\n']).to_string();
             if p.is_empty() {
                 return Err(ConfigError {
-                    name: "SKIFF_API_PASSWORD_FILE".into(),
+                    name: source,
                     value: path,
                     expected: "a file holding a non-empty password".into(),
                 });
             }
-            Some(p)
+            Some((source, p))
         }
         _ => None,
     };
     match (user, password) {
         (None, None) => Ok(None),
-        (Some(user), Some(password)) => {
+        (Some((source, user)), Some((_, password))) => {
             if user.contains(':') {
                 return Err(ConfigError {
-                    name: "SKIFF_API_USER".into(),
+                    name: source,
                     value: user,
                     expected: "a user name without ':'".into(),
                 });
@@ -477,15 +513,17 @@ fn credentials(src: &Sources<'_>) -> Result<Option<Credentials>, ConfigError> {
                 password: Secret::new(password),
             }))
         }
-        (Some(user), None) => Err(ConfigError {
-            name: "SKIFF_API_USER".into(),
+        (Some((source, user)), None) => Err(ConfigError {
+            name: source,
             value: user,
-            expected: "SKIFF_API_PASSWORD or SKIFF_API_PASSWORD_FILE to be set as well".into(),
+            expected:
+                "SKIFF_API_PASSWORD or SKIFF_API_PASSWORD_FILE (or their flags) to be set as well"
+                    .into(),
         }),
-        (None, Some(_)) => Err(ConfigError {
-            name: "SKIFF_API_PASSWORD".into(),
+        (None, Some((source, _))) => Err(ConfigError {
+            name: source,
             value: "***".into(),
-            expected: "SKIFF_API_USER to be set as well".into(),
+            expected: "SKIFF_API_USER (or --api-user) to be set as well".into(),
         }),
     }
 }
@@ -641,6 +679,34 @@ mod tests {
         assert!(c.credentials.is_none());
         assert!(!c.scripts_dir_explicit);
         assert!(!c.scripts_watch);
+        assert_eq!(c.scripts_dir, PathBuf::from("lua"));
+        assert_eq!(c.ssl_cert_file, None);
+    }
+
+    #[test]
+    fn credentials_and_roots_have_flags_that_win_over_the_environment() {
+        let flags = ConfigFlags {
+            api_user: Some("flag-user".into()),
+            api_password: Some("flag-pw".into()),
+            ..Default::default()
+        };
+        let env = [
+            ("SKIFF_API_USER", "env-user"),
+            ("SKIFF_API_PASSWORD", "env-pw"),
+        ];
+        let creds = load(&flags, &env).unwrap().credentials.unwrap();
+        assert_eq!(creds.user, "flag-user");
+        assert_eq!(creds.password.expose(), "flag-pw");
+        let flags = ConfigFlags {
+            ssl_cert_file: Some("/nonexistent/roots.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(load(&flags, &[]).unwrap_err().name, "--ssl-cert-file");
+        let e = load(
+            &ConfigFlags::default(),
+            &[("SKIFF_SCRIPTS_DIR", "/nonexistent")],
+        );
+        assert_eq!(e.unwrap_err().name, "SKIFF_SCRIPTS_DIR");
     }
 
     #[test]

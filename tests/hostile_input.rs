@@ -191,7 +191,12 @@ fn domain_parsers_never_panic_and_accept_only_what_they_promise() {
 #[test]
 fn query_strings_get_200_or_a_400_problem() {
     let (config, dir) = common::test_config();
-    let target = Target::new(runtime(), config, dir);
+    query_strings_get_200_or_a_400_problem_from(&Target::new(runtime(), config, dir));
+}
+
+/// The query-string property against `target` (on both back ends from
+/// `users::query_strings_get_200_or_a_400_problem_on_both_back_ends`).
+fn query_strings_get_200_or_a_400_problem_from(target: &Target) {
     let names = prop_oneof![
         3 => prop::sample::select(vec!["limit", "after", "email", "id", "tz"]).prop_map(String::from),
         1 => "\\PC{0,6}",
@@ -205,26 +210,38 @@ fn query_strings_get_200_or_a_400_problem() {
     });
     // Raw query text: stray `%`, bad escapes, escapes of invalid UTF-8.
     let raw = "[a-zA-Z0-9%&=;+._~!$'()*,/:@?-]{0,40}|(limit|after|id|tz|email)=%[0-9a-fA-FzZ]{0,2}";
+    // What PostgreSQL refuses in text: NUL, and invalid UTF-8 (an overlong
+    // NUL, a UTF-16 surrogate, a lone continuation byte) around an address.
+    let refused = (
+        prop::sample::select(vec!["email", "after", "id", "limit"]),
+        "[a-z0-9@.]{0,8}",
+        prop::sample::select(vec!["%00", "%C0%80", "%ED%A0%80", "%80", "%FF"]),
+        "[a-z0-9@.]{0,8}",
+    )
+        .prop_map(|(name, before, bad, after)| format!("{name}={before}{bad}{after}"));
     let routes = prop::sample::select(vec![
         #[cfg(feature = "users")]
         "/users",
         "/",
         "/time",
     ]);
-    check((routes, prop_oneof![pairs, raw]), |(route, query)| {
-        let answer = target.get(&format!("{route}?{query}"));
-        let status = answer.status.as_u16();
-        let allowed: &[u16] = match route {
-            "/users" => &[200, 400],
-            "/" => &[200, 400, 404],
-            _ => &[200, 400],
-        };
-        prop_assert!(allowed.contains(&status), "{route}?{query}: {status}");
-        if status >= 400 {
-            assert_problem(&answer)?;
-        }
-        Ok(())
-    });
+    check(
+        (routes, prop_oneof![pairs, raw, refused]),
+        |(route, query)| {
+            let answer = target.get(&format!("{route}?{query}"));
+            let status = answer.status.as_u16();
+            let allowed: &[u16] = match route {
+                "/users" => &[200, 400],
+                "/" => &[200, 400, 404],
+                _ => &[200, 400],
+            };
+            prop_assert!(allowed.contains(&status), "{route}?{query}: {status}");
+            if status >= 400 {
+                assert_problem(&answer)?;
+            }
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -599,6 +616,14 @@ mod users {
                     Ok(())
                 },
             );
+        });
+    }
+
+    #[test]
+    fn query_strings_get_200_or_a_400_problem_on_both_back_ends() {
+        on_both("hostile_input::users::query_strings", |target| {
+            let (_, _) = create(target, "someone@example.com");
+            query_strings_get_200_or_a_400_problem_from(target);
         });
     }
 

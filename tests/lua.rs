@@ -229,7 +229,7 @@ async fn raw_status(app: &TestApp, path: &str) -> u16 {
 #[tokio::test]
 async fn the_shipped_examples_answer() {
     let (mut config, dir) = test_config();
-    config.scripts_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    config.scripts_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("lua");
     config.scripts_dir_explicit = true;
     let app = spawn_with(config, dir).await;
     assert_eq!(

@@ -169,7 +169,7 @@ fn the_database_password_never_shows_in_error_output() {
         }
         // The flag, too.
         let out = skiff("sqlite::memory:", dir.path())
-            .args(["--database-url", url, "migrate"])
+            .args(["migrate", "--database-url", url])
             .output()
             .unwrap();
         assert!(!out.status.success());
@@ -189,7 +189,7 @@ fn version_and_help_show_no_configured_secret() {
         &["db", "--help"],
         &["migrate", "--help"],
         &["healthcheck", "--url", "http://127.0.0.1:9/healthz"],
-        &["--port", "eighty", "serve"],
+        &["serve", "--port", "eighty"],
     ];
     for args in commands {
         let out = skiff(&url, dir.path())

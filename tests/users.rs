@@ -44,6 +44,7 @@ both_backends!(
     a_body_over_the_limit_is_413,
     readiness_and_metrics_report_the_database,
     two_replicas_share_one_database,
+    text_postgresql_cannot_store_gets_the_same_answer_on_both,
 );
 
 const ADA: &str = r#"{"email":"Ada@Example.com","accountEnabled":true,"displayName":"Ada Lovelace","givenName":"Ada","surname":"Lovelace","companyName":"Analytical Engines"}"#;
@@ -1354,4 +1355,80 @@ fn test_database_names_are_swapped_into_server_urls() {
         backends::with_database("postgres://h", "t1"),
         "postgres://h/t1"
     );
+}
+
+/// PostgreSQL refuses NUL in text (SQLite does not): whatever the back end,
+/// request text that no user can hold gets the same clear answer, never a
+/// 500. An email with a control character is no address, so an `?email=`
+/// filter with one matches no one.
+async fn text_postgresql_cannot_store_gets_the_same_answer_on_both(db: &TestDb) {
+    let app = db.spawn().await;
+    let ids = create_many(&app, "nul", 2).await;
+    for email in [
+        "%00",
+        "a%00b%40x.io",
+        "nul0%40example.com%00",
+        "%00nul0%40example.com",
+        // Invalid UTF-8 (an overlong NUL, a UTF-16 surrogate), decoded lossily.
+        "%C0%80",
+        "nul0%40example.com%ED%A0%80",
+        "%01%1F%7F",
+    ] {
+        let r = app.get(&format!("/users?email={email}")).await;
+        assert_eq!(r.status(), 200, "?email={email}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!([]),
+            "?email={email}"
+        );
+    }
+    for query in ["after=%00", "after=00000000-0000-0000-0000-00000000000%00"] {
+        assert_problem(app.get(&format!("/users?{query}")).await, 400).await;
+    }
+    for path in ["/users/%00", "/?id=%00", "/users/a%00b"] {
+        assert_problem(app.get(path).await, 404).await;
+    }
+    let id = &ids[0];
+    for (method, path) in [
+        (Method::POST, "/users".to_string()),
+        (Method::PUT, format!("/users/{id}")),
+        (Method::PATCH, format!("/users/{id}")),
+    ] {
+        for (field, value) in [
+            ("email", "a\u{0}b@x.io"),
+            ("email", "nul9@example.com\u{0}"),
+            ("displayName", "\u{0}"),
+            ("givenName", "Ada\u{0}"),
+            ("surname", "\u{0}Lovelace"),
+            ("companyName", "A\u{0}E"),
+        ] {
+            let mut body = json!({"email": "nul9@example.com"});
+            body[field] = Value::from(value);
+            let r = send(&app, method.clone(), &path, "application/json", &body)
+                .send()
+                .await
+                .unwrap();
+            let problem = assert_problem(r, 422).await;
+            assert_eq!(fields(&problem), [field], "{method} {path} {body}");
+        }
+        // Lone UTF-16 surrogates are no text at all: malformed JSON.
+        for raw in [
+            r#"{"email":"a\ud800@x.io"}"#,
+            r#"{"email":"nul9@example.com","surname":"\udc00"}"#,
+        ] {
+            let r = app
+                .client
+                .request(method.clone(), app.url(&path))
+                .header("content-type", "application/json")
+                .body(raw)
+                .send()
+                .await
+                .unwrap();
+            assert_problem(r, 400).await;
+        }
+    }
+    // Nothing was stored or changed.
+    let all: Value = app.get("/users").await.json().await.unwrap();
+    assert_eq!(ids_of(&all), ids);
+    assert_eq!(all[0]["email"], "nul0@example.com");
 }

@@ -27,19 +27,25 @@ pub async fn migrate(config: &Config) -> ExitCode {
     report(
         "migrate",
         apply(url).await.map(|applied| {
+            let mut out = String::new();
             for a in &applied {
-                println!(
-                    "applied {} {} ({} ms)",
+                out += &format!(
+                    "applied {} {} ({} ms)\n",
                     a.version,
                     a.description,
                     a.elapsed.as_millis()
                 );
             }
             if applied.is_empty() {
-                println!("{}: no pending migrations", describe(url));
+                out += &format!("{}: no pending migrations\n", describe(url));
             } else {
-                println!("{}: {} migration(s) applied", describe(url), applied.len());
+                out += &format!(
+                    "{}: {} migration(s) applied\n",
+                    describe(url),
+                    applied.len()
+                );
             }
+            out
         }),
     )
 }
@@ -55,24 +61,25 @@ pub async fn run(command: DbCommand, config: &Config) -> ExitCode {
     let result = match command {
         DbCommand::Create => create(url).await.map(|created| {
             let state = if created { "created" } else { "already exists" };
-            println!("{}: {state}", describe(url));
+            format!("{}: {state}\n", describe(url))
         }),
         DbCommand::Drop => drop(url).await.map(|dropped| {
             let state = if dropped { "dropped" } else { "does not exist" };
-            println!("{}: {state}", describe(url));
+            format!("{}: {state}\n", describe(url))
         }),
-        DbCommand::Status => status(url).await.map(|rows| {
-            println!("{}", describe(url));
-            print!("{}", status_table(&rows));
-        }),
-        DbCommand::Schema => schema(url).await.map(|text| print!("{text}")),
+        DbCommand::Status => status(url)
+            .await
+            .map(|rows| format!("{}\n{}", describe(url), status_table(&rows))),
+        DbCommand::Schema => schema(url).await,
     };
     report(name, result)
 }
 
-fn report(command: &str, result: Result<(), DbError>) -> ExitCode {
+/// Prints what the command produced (a closed pipe ends it quietly), or
+/// its error on stderr with exit code 1.
+fn report(command: &str, result: Result<String, DbError>) -> ExitCode {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(text) => crate::cli::write_stdout(&text),
         Err(e) => {
             eprintln!("skiff {command}: {e}");
             ExitCode::FAILURE

@@ -30,7 +30,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `hello world`, answered by the Lua chunk `response 'hello world'` run in the sandbox.
-#[utoipa::path(get, path = "/lua", tag = "lua",
+#[utoipa::path(get, path = "/lua", tag = "lua", operation_id = "lua_hello",
     responses(
         (status = 200, description = "The chunk's answer", body = String, content_type = "text/plain", example = "hello world"),
         (status = 503, description = "Every Lua worker is busy (see `Retry-After`)", body = Problem, content_type = "application/problem+json")))]
@@ -59,8 +59,10 @@ pub async fn hello(
 /// has its own globals and is limited in memory (`SKIFF_LUA_MEMORY`) and
 /// time (`SKIFF_LUA_TIMEOUT`).
 #[utoipa::path(method(get, post, put, patch, delete, head, options, trace), path = "/lua/{name}", tag = "lua",
+    // One id per method: `lua_script_get`, `lua_script_post`… (openapi::document).
+    operation_id = "lua_script",
     params(("name" = String, Path, description = "The script name, `[A-Za-z0-9_-]{1,64}`", example = "echo")),
-    request_body(content = String, description = "Any body; the script sees it as `request.body`", content_type = "*/*"),
+    request_body(content = serde_json::Value, description = "Any body, of any media type, or none; the script sees it as `request.body`", content_type = "*/*"),
     responses(
         (status = 200, description = "What the script answered: any status, headers and body it chose (any media type, any content)", body = serde_json::Value, content_type = "*/*"),
         (status = 404, description = "No script by that name (or not a valid script name)", body = Problem, content_type = "application/problem+json"),

@@ -6,6 +6,7 @@ use axum::routing::get;
 use axum::{Json, response::IntoResponse};
 use utoipa::OpenApi;
 use utoipa::openapi::OpenApi as Document;
+use utoipa::openapi::path::{Operation, PathItem};
 
 use crate::app::AppState;
 use crate::error::{FieldError, Problem};
@@ -42,7 +43,51 @@ pub fn document() -> Document {
     doc.merge(super::metrics::Api::openapi());
     #[cfg(feature = "docs")]
     doc.merge(super::docs::Api::openapi());
+    one_operation_id_per_method(&mut doc);
+    #[cfg(feature = "lua")]
+    if let Some(item) = doc.paths.paths.get_mut("/lua/{name}") {
+        // A script reads `request.body` if it wants one; no method needs it.
+        for (_, operation) in operations(item) {
+            if let Some(utoipa::openapi::RefOr::T(body)) = operation.request_body.as_mut() {
+                body.required = Some(utoipa::openapi::Required::False);
+            }
+        }
+    }
     doc
+}
+
+/// The operations of a path item, with their method names.
+fn operations(item: &mut PathItem) -> impl Iterator<Item = (&'static str, &mut Operation)> {
+    [
+        ("get", &mut item.get),
+        ("put", &mut item.put),
+        ("post", &mut item.post),
+        ("delete", &mut item.delete),
+        ("options", &mut item.options),
+        ("head", &mut item.head),
+        ("patch", &mut item.patch),
+        ("trace", &mut item.trace),
+    ]
+    .into_iter()
+    .filter_map(|(method, operation)| Some((method, operation.as_mut()?)))
+}
+
+/// utoipa gives every method of a multi-method path (`/lua/{name}`) the
+/// same `operationId`, which OpenAPI forbids and client generators reject:
+/// those get their method appended (`lua_script_get`, `lua_script_post`…).
+fn one_operation_id_per_method(doc: &mut Document) {
+    for item in doc.paths.paths.values_mut() {
+        let ids: Vec<String> = operations(item)
+            .filter_map(|(_, op)| op.operation_id.clone())
+            .collect();
+        for (method, operation) in operations(item) {
+            if let Some(id) = operation.operation_id.as_mut()
+                && ids.iter().filter(|other| *other == id).count() > 1
+            {
+                *id = format!("{id}_{method}");
+            }
+        }
+    }
 }
 
 /// The document as pretty-printed JSON (what `skiff openapi` prints and

@@ -22,8 +22,13 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TimeQuery {
     /// An IANA time zone name such as `Europe/Paris`; defaults to the configured zone (`Asia/Tokyo`).
+    // Not an `enum` of the 598 zones compiled in: some differ only by `+`
+    // and `-` (`Etc/GMT+1`, `Etc/GMT-1`), which clients generated from an
+    // enum cannot tell apart (openapi-python-client stops on them).
+    #[param(example = "Europe/Paris")]
     pub tz: Option<String>,
 }
 

@@ -234,7 +234,7 @@ fn page_query(pairs: &[(String, String)]) -> Result<(PageQuery, u32), Error> {
         ("after" = Option<String>, Query, format = "uuid",
             description = "Cursor: only users created after the user with this id, whether or not it still exists"),
         ("email" = Option<String>, Query,
-            description = "Only the user with this email, compared ignoring case"),
+            description = "Only the user with this email, compared ignoring case (a value no email can be, such as one with a control character, matches no one)"),
     ),
     responses(
         (status = 200, description = "Users in creation order. When more remain, a `Link` \
@@ -250,6 +250,16 @@ async fn list_users(
 ) -> Result<Response, Error> {
     let Query(pairs) = query.map_err(|e| Error::bad_request(e.body_text()))?;
     let (page, limit) = page_query(&pairs)?;
+    // No stored email holds a control character (`Email::parse` refuses
+    // them), and PostgreSQL refuses NUL in text: such a filter matches no
+    // one, on either back end, without asking the database.
+    if page
+        .email_key
+        .as_deref()
+        .is_some_and(|k| k.contains(char::is_control))
+    {
+        return Ok(Json(Vec::<User>::new()).into_response());
+    }
     let mut users = state.db.users(&page).await.map_err(db_error)?;
     let more = users.len() > limit as usize;
     users.truncate(limit as usize);
@@ -360,7 +370,7 @@ async fn update(
     security((), ("basic" = [])),
     params(
         ("id" = String, Path, description = "The user's id"),
-        ("If-Match" = Option<String>, Header, description = "Only replace if the user's current ETag is one of these"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|"[!#-~]*"( *, *"[!#-~]*")*)$"#, description = "Only replace if the user's current ETag is one of these strong tags, or `*` for any"),
     ),
     request_body(content = UserInput, content_type = "application/json"),
     responses(
@@ -390,7 +400,7 @@ async fn replace_user(
     security((), ("basic" = [])),
     params(
         ("id" = String, Path, description = "The user's id"),
-        ("If-Match" = Option<String>, Header, description = "Only change if the user's current ETag is one of these"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|"[!#-~]*"( *, *"[!#-~]*")*)$"#, description = "Only change if the user's current ETag is one of these strong tags, or `*` for any"),
     ),
     request_body(content(
         (UserMergePatch = "application/merge-patch+json"),
@@ -434,7 +444,7 @@ async fn remove(state: &AppState, id: UserId, headers: &HeaderMap) -> Result<Res
     security((), ("basic" = [])),
     params(
         ("id" = String, Path, description = "The user's id"),
-        ("If-Match" = Option<String>, Header, description = "Only delete if the user's current ETag is one of these"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|"[!#-~]*"( *, *"[!#-~]*")*)$"#, description = "Only delete if the user's current ETag is one of these strong tags, or `*` for any"),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -507,7 +517,7 @@ async fn root_post(
     security((), ("basic" = [])),
     params(
         ("id" = String, Query, description = "The user's id"),
-        ("If-Match" = Option<String>, Header, description = "Only replace if the user's current ETag is one of these"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|"[!#-~]*"( *, *"[!#-~]*")*)$"#, description = "Only replace if the user's current ETag is one of these strong tags, or `*` for any"),
     ),
     request_body(content = UserInput, content_type = "application/json"),
     responses(
@@ -537,7 +547,7 @@ async fn root_put(
     security((), ("basic" = [])),
     params(
         ("id" = String, Query, description = "The user's id"),
-        ("If-Match" = Option<String>, Header, description = "Only delete if the user's current ETag is one of these"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|"[!#-~]*"( *, *"[!#-~]*")*)$"#, description = "Only delete if the user's current ETag is one of these strong tags, or `*` for any"),
     ),
     responses(
         (status = 204, description = "Deleted"),

@@ -53,7 +53,7 @@ impl Scripts {
     /// Reads every `{name}.lua` file of `dir` whose name is a valid script
     /// name; other entries are ignored. A missing or unreadable directory is
     /// an error only when it was configured explicitly: the default
-    /// `scripts` directory is optional.
+    /// `lua` directory is optional.
     pub fn load(dir: &Path, explicit: bool) -> Result<Self, LoadError> {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,

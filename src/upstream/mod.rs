@@ -54,8 +54,8 @@ impl IpService {
             .timeout(config.ip_timeout)
             .connect_timeout(config.ip_timeout)
             .pool_idle_timeout(Duration::from_secs(30));
-        if let Some(path) = std::env::var_os("SSL_CERT_FILE").filter(|p| !p.is_empty()) {
-            let pem = std::fs::read(&path)
+        if let Some(path) = &config.ssl_cert_file {
+            let pem = std::fs::read(path)
                 .map_err(|e| format!("cannot read SSL_CERT_FILE {}: {e}", path.display()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 format!(

@@ -350,6 +350,10 @@ fn body_schema(patch: bool) -> Schema {
             SchemaType::from(t)
         }
     };
+    // In a patch an absent field stays as it is: a `default` there would
+    // tell clients (generated ones fill defaults in) to reset it.
+    let default = |value: Value| (!patch).then_some(value);
+    let reset = |value: &str| patch.then(|| format!("`null` resets it to `{value}`"));
     let mut object = ObjectBuilder::new()
         .schema_type(Type::Object)
         .property(
@@ -367,7 +371,8 @@ fn body_schema(patch: bool) -> Schema {
             "accountEnabled",
             ObjectBuilder::new()
                 .schema_type(types(Type::Boolean))
-                .default(Some(json!(false))),
+                .default(default(json!(false)))
+                .description(reset("false")),
         );
     for (field, _) in NAME_FIELDS {
         object = object.property(
@@ -376,7 +381,8 @@ fn body_schema(patch: bool) -> Schema {
                 .schema_type(types(Type::String))
                 .max_length(Some(MAX_NAME_CHARS))
                 .pattern(Some(NAME_PATTERN))
-                .default(Some(json!(""))),
+                .default(default(json!("")))
+                .description(reset("\"\"")),
         );
     }
     for field in ["id", "createdAt", "updatedAt"] {
