@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use super::cache::UserCache;
 use super::migrate::{self, Applied, AppliedRow, MigrationStatus};
+use super::model::{self, EMAIL_KEY_VERSION};
 use super::{
     ACQUIRE_TIMEOUT, DB_WRITE_BATCH, DbError, Millis, PageQuery, User, UserId, UserPatch, UserRow,
     Versions, WriteError, is_unique_violation, record_pool, user_columns,
@@ -261,6 +262,17 @@ impl SqliteStore {
         Ok(user)
     }
 
+    /// The ids of the `limit`-th and next users after `after`.
+    pub async fn page_end(&self, after: UserId, limit: u32) -> Result<Vec<uuid::Uuid>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM users WHERE id > ? ORDER BY id LIMIT 2 OFFSET ?")
+                .bind(after.as_uuid())
+                .bind(i64::from(limit.max(1) - 1))
+                .fetch_all(&self.reads)
+                .await?,
+        )
+    }
+
     pub async fn list(&self, page: &PageQuery) -> Result<Vec<User>, DbError> {
         let limit = i64::from(page.limit);
         let after = page.after.as_uuid();
@@ -454,16 +466,17 @@ async fn insert_all(
     // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join clause.
     let inserted: Vec<uuid::Uuid> = sqlx::query_scalar(
         "INSERT INTO users (id, email, email_key, account_enabled, display_name, given_name, \
-         surname, company_name, version, created_at, updated_at) \
+         surname, company_name, version, created_at, updated_at, email_key_version) \
          SELECT unhex(value ->> 'id'), value ->> 'email', value ->> 'key', \
                 value ->> 'enabled', value ->> 'displayName', value ->> 'givenName', \
                 value ->> 'surname', value ->> 'companyName', value ->> 'version', \
-                value ->> 'createdAt', value ->> 'updatedAt' \
+                value ->> 'createdAt', value ->> 'updatedAt', ?2 \
          FROM json_each(?1) WHERE true \
          ON CONFLICT DO NOTHING \
          RETURNING id",
     )
     .bind(serde_json::Value::Array(rows).to_string())
+    .bind(EMAIL_KEY_VERSION)
     .fetch_all(&mut *conn)
     .await?;
     let inserted: HashSet<uuid::Uuid> = inserted.into_iter().collect();
@@ -494,6 +507,8 @@ async fn update(
 ) -> Result<User, WriteError> {
     let row: Option<UserRow> = sqlx::query_as(concat!(
         "UPDATE users SET email = COALESCE(?2, email), email_key = COALESCE(?3, email_key), \
+         email_twin = CASE WHEN ?3 IS NULL OR ?3 = email_key THEN email_twin ELSE 0 END, \
+         email_key_version = CASE WHEN ?3 IS NULL THEN email_key_version ELSE ?11 END, \
          account_enabled = COALESCE(?4, account_enabled), \
          display_name = COALESCE(?5, display_name), given_name = COALESCE(?6, given_name), \
          surname = COALESCE(?7, surname), company_name = COALESCE(?8, company_name), \
@@ -512,6 +527,7 @@ async fn update(
     .bind(patch.company_name.as_ref().map(|n| n.as_str()))
     .bind(now.as_millis())
     .bind(versions)
+    .bind(EMAIL_KEY_VERSION)
     .fetch_optional(&mut *conn)
     .await
     .map_err(write_error)?;
@@ -562,8 +578,46 @@ pub async fn apply_migrations(pool: &SqlitePool) -> Result<Vec<Applied>, DbError
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let applied = migrate::apply_pending(&mut *tx, &migrate::SQLITE).await?;
+    rekey(&mut tx).await?;
     tx.commit().await?;
     Ok(applied)
+}
+
+/// Recomputes the email keys made by an older [`model::email_key`], in
+/// creation order, keeping every account (see `migrate::note_twin`).
+async fn rekey(conn: &mut SqliteConnection) -> Result<(), DbError> {
+    let mut rekeyed = 0u64;
+    loop {
+        let stale: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+            "SELECT id, email FROM users WHERE email_key_version < ?1 ORDER BY id LIMIT 1000",
+        )
+        .bind(EMAIL_KEY_VERSION)
+        .fetch_all(&mut *conn)
+        .await?;
+        if stale.is_empty() {
+            break;
+        }
+        for (id, email) in stale {
+            let twin: i64 = sqlx::query_scalar(
+                "UPDATE users SET email_key = ?2, email_key_version = ?3, email_twin = \
+                 CASE WHEN EXISTS (SELECT 1 FROM users \
+                   WHERE email_key = ?2 AND email_twin = 0 AND id <> ?1) \
+                 THEN (SELECT MAX(email_twin) + 1 FROM users \
+                   WHERE email_key = ?2 AND id <> ?1) \
+                 ELSE 0 END \
+                 WHERE id = ?1 RETURNING email_twin",
+            )
+            .bind(id)
+            .bind(model::email_key(&email))
+            .bind(EMAIL_KEY_VERSION)
+            .fetch_one(&mut *conn)
+            .await?;
+            migrate::note_twin(id, twin);
+            rekeyed += 1;
+        }
+    }
+    migrate::note_rekeyed(rekeyed);
+    Ok(())
 }
 
 pub async fn migration_status(pool: &SqlitePool) -> Result<Vec<MigrationStatus>, DbError> {
