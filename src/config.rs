@@ -87,6 +87,11 @@ pub struct Config {
     pub header_timeout: Duration,
     /// A kept-alive connection may wait this long for its next request.
     pub idle_timeout: Duration,
+    /// Longest wait for the next piece of a request body (`408` past it).
+    pub body_timeout: Duration,
+    /// Longest time a client may accept no bytes of an answer (the
+    /// connection is closed past it).
+    pub send_timeout: Duration,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://skiff.db";
@@ -118,6 +123,8 @@ impl Default for Config {
             max_connections: 4096,
             header_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -183,6 +190,12 @@ pub struct ConfigFlags {
     /// Time a kept-alive connection may wait for its next request [env: SKIFF_IDLE_TIMEOUT] [default: 75s]
     #[arg(long, global = true)]
     pub idle_timeout: Option<String>,
+    /// Longest wait for the next piece of a request body [env: SKIFF_BODY_TIMEOUT] [default: 5s]
+    #[arg(long, global = true)]
+    pub body_timeout: Option<String>,
+    /// Longest time a client may accept no bytes of an answer [env: SKIFF_SEND_TIMEOUT] [default: 10s]
+    #[arg(long, global = true)]
+    pub send_timeout: Option<String>,
 }
 
 /// Where values come from: the flags, then a lookup of environment variables.
@@ -385,6 +398,18 @@ impl Config {
             duration,
             positive,
         )?;
+        let body_timeout = parse_with(
+            src.lookup(("body-timeout", &f.body_timeout), &["SKIFF_BODY_TIMEOUT"]),
+            d.body_timeout,
+            duration,
+            positive,
+        )?;
+        let send_timeout = parse_with(
+            src.lookup(("send-timeout", &f.send_timeout), &["SKIFF_SEND_TIMEOUT"]),
+            d.send_timeout,
+            duration,
+            positive,
+        )?;
         let credentials = credentials(src)?;
 
         Ok(Config {
@@ -410,6 +435,8 @@ impl Config {
             max_connections,
             header_timeout,
             idle_timeout,
+            body_timeout,
+            send_timeout,
         })
     }
 }

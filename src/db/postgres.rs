@@ -240,11 +240,11 @@ pub async fn apply_migrations(options: &PgConnectOptions) -> Result<Vec<Applied>
     let mut conn = PgConnection::connect_with(options).await?;
     conn.lock().await?;
     let applied = migrate::apply_pending(&mut conn, &migrate::POSTGRES).await;
-    if applied.is_ok() {
-        if let Err(e) = rekey(&mut conn).await {
-            let _ = conn.close().await;
-            return Err(e);
-        }
+    if applied.is_ok()
+        && let Err(e) = rekey(&mut conn).await
+    {
+        let _ = conn.close().await;
+        return Err(e);
     }
     if applied.is_ok() {
         conn.unlock().await?;

@@ -120,6 +120,10 @@ pub struct SqliteStore {
     /// One connection, used by the writer task only (and by migrations
     /// before it starts). For an in-memory database it also serves reads.
     writes: SqlitePool,
+    /// One connection of its own for readiness, so that a read pool busy
+    /// with traffic (many clients pulling long pages) does not make the
+    /// probe wait past its timeout and readiness flap.
+    probe: SqlitePool,
     memory: bool,
     cache: Arc<UserCache>,
     queue: mpsc::Sender<Job>,
@@ -162,6 +166,17 @@ impl SqliteStore {
                 .await
                 .map_err(|e| open_error(&options, e))?
         };
+        let probe = if memory {
+            writes.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options.clone().pragma("query_only", "ON"))
+                .await
+                .map_err(|e| open_error(&options, e))?
+        };
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let (stop, stopped) = oneshot::channel();
         let cache = Arc::new(UserCache::new(CACHED_USERS));
@@ -169,6 +184,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             reads,
             writes,
+            probe,
             memory,
             cache,
             queue,
@@ -178,7 +194,7 @@ impl SqliteStore {
     }
 
     pub async fn ping(&self) -> bool {
-        !self.queue.is_closed() && sqlx::query("SELECT 1").execute(&self.reads).await.is_ok()
+        !self.queue.is_closed() && sqlx::query("SELECT 1").execute(&self.probe).await.is_ok()
     }
 
     pub fn record_pool_metrics(&self) {
@@ -200,6 +216,7 @@ impl SqliteStore {
             let _ = writer.await;
         }
         self.reads.close().await;
+        self.probe.close().await;
         self.writes.close().await;
     }
 
