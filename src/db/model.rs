@@ -110,7 +110,7 @@ impl Email {
 
 /// Which [`email_key`] computed a stored key: 1 was `str::to_lowercase`,
 /// 2 is NFKC case folding. Rows with an older one are re-keyed when
-/// migrations run (see `db::rekey`).
+/// migrations run (`rekey` in `db::sqlite` and `db::postgres`).
 pub const EMAIL_KEY_VERSION: i64 = 2;
 
 /// The key of an email (or a filter value): its NFKC case folding, the
