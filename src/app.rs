@@ -152,6 +152,7 @@ impl App {
             header_read_timeout: state.config.header_timeout,
             idle_timeout: state.config.idle_timeout,
             max_connections: state.config.max_connections,
+            send_timeout: state.config.send_timeout,
         };
         let server = crate::server::serve(listener, router, limits, signal);
         let deadline = async move {

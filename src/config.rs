@@ -91,6 +91,11 @@ pub struct Config {
     pub header_timeout: Duration,
     /// A kept-alive connection may wait this long for its next request.
     pub idle_timeout: Duration,
+    /// Longest wait for the next piece of a request body (`408` past it).
+    pub body_timeout: Duration,
+    /// Longest time a client may accept no bytes of an answer (the
+    /// connection is closed past it).
+    pub send_timeout: Duration,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://skiff.db";
@@ -124,6 +129,8 @@ impl Default for Config {
             max_connections: 4096,
             header_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -204,6 +211,12 @@ pub struct ConfigFlags {
     /// File holding the password for --api-user [env: SKIFF_API_PASSWORD_FILE]
     #[arg(long)]
     pub api_password_file: Option<String>,
+    /// Longest wait for the next piece of a request body [env: SKIFF_BODY_TIMEOUT] [default: 5s]
+    #[arg(long)]
+    pub body_timeout: Option<String>,
+    /// Longest time a client may accept no bytes of an answer [env: SKIFF_SEND_TIMEOUT] [default: 10s]
+    #[arg(long)]
+    pub send_timeout: Option<String>,
 }
 
 /// Where values come from: the flags, then a lookup of environment variables.
@@ -433,6 +446,18 @@ impl Config {
             duration,
             positive,
         )?;
+        let body_timeout = parse_with(
+            src.lookup(("body-timeout", &f.body_timeout), &["SKIFF_BODY_TIMEOUT"]),
+            d.body_timeout,
+            duration,
+            positive,
+        )?;
+        let send_timeout = parse_with(
+            src.lookup(("send-timeout", &f.send_timeout), &["SKIFF_SEND_TIMEOUT"]),
+            d.send_timeout,
+            duration,
+            positive,
+        )?;
         let credentials = credentials(src)?;
 
         Ok(Config {
@@ -460,6 +485,8 @@ impl Config {
             max_connections,
             header_timeout,
             idle_timeout,
+            body_timeout,
+            send_timeout,
         })
     }
 }

@@ -87,6 +87,9 @@ pub enum Error {
     Unauthorized,
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The client was too slow sending its request body.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     BadGateway(String),
     #[error("{0}")]
@@ -129,6 +132,7 @@ impl Error {
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Error::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -26,6 +26,9 @@ use deadline::{Deadlines, Timeouts};
 /// Largest request head (request line and headers) accepted; past it: `431`.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
+/// hyper's read and write buffer cap (above the head cap, which must fit).
+const MAX_BUF_BYTES: usize = 2 * MAX_HEADER_BYTES;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// A client must send its whole request head within this time.
@@ -34,6 +37,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Connections open at once; more are closed as soon as accepted.
     pub max_connections: u32,
+    /// A client that accepts no bytes of an answer for this long is cut off.
+    pub send_timeout: Duration,
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
@@ -81,12 +86,17 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 // Replaced by `Deadlines`, which tells idle from slow.
                 .header_read_timeout(None)
-                .max_header_size(MAX_HEADER_BYTES);
+                .max_header_size(MAX_HEADER_BYTES)
+                // What hyper queues of an answer ahead of the socket: with
+                // streamed lists, what a stalled reader pins is about this
+                // plus one chunk.
+                .max_buf_size(MAX_BUF_BYTES);
             let stream = Deadlines::new(
                 stream,
                 Timeouts {
                     header: limits.header_read_timeout,
                     idle: limits.idle_timeout,
+                    send: limits.send_timeout,
                 },
             );
             let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));

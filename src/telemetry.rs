@@ -46,6 +46,8 @@ pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 pub const HTTP_IN_FLIGHT: &str = "http_requests_in_flight";
 pub const CONNECTIONS_REFUSED: &str = "skiff_connections_refused_total";
 pub const REQUESTS_SHED: &str = "skiff_requests_shed_total";
+pub const BODY_TIMEOUTS: &str = "skiff_body_timeouts_total";
+pub const SEND_TIMEOUTS: &str = "skiff_send_timeouts_total";
 pub const IP_UPSTREAM_CALLS: &str = "skiff_ip_upstream_calls_total";
 pub const IP_CACHE_HITS: &str = "skiff_ip_cache_hits_total";
 pub const LUA_RUNS: &str = "skiff_lua_runs_total";
@@ -113,6 +115,14 @@ fn describe() {
     metrics::describe_counter!(
         REQUESTS_SHED,
         "Requests answered 503 because SKIFF_MAX_CONCURRENCY were in flight"
+    );
+    metrics::describe_counter!(
+        BODY_TIMEOUTS,
+        "Requests answered 408 because their body came too slowly (SKIFF_BODY_TIMEOUT)"
+    );
+    metrics::describe_counter!(
+        SEND_TIMEOUTS,
+        "Connections closed because the client accepted no bytes for SKIFF_SEND_TIMEOUT"
     );
     metrics::describe_counter!(IP_UPSTREAM_CALLS, "Calls to the /ip upstream, by outcome");
     metrics::describe_counter!(IP_CACHE_HITS, "/ip answers served from the cache");

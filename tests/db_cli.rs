@@ -76,10 +76,10 @@ async fn several_migrators_at_once_apply_each_migration_once(db: &TestDb) {
             assert!(out.contains("no pending migrations"), "{out}");
         }
     }
-    assert_eq!(applied_by, 1, "exactly one process applied the migration");
+    assert_eq!(applied_by, 1, "exactly one process applied the migrations");
 
     let status = ok(db, &["db", "status"]);
-    assert_eq!(states(&status), ["applied"], "{status}");
+    assert_eq!(states(&status), ["applied", "applied"], "{status}");
     let schema = ok(db, &["db", "schema"]);
     assert_eq!(schema.matches("CREATE TABLE users").count(), 1, "{schema}");
     assert_eq!(
@@ -109,10 +109,14 @@ async fn create_status_schema_and_drop(db: &TestDb) {
 
     assert!(ok(db, &["db", "create"]).contains("created"));
     assert!(ok(db, &["db", "create"]).contains("already exists"));
-    assert_eq!(states(&ok(db, &["db", "status"])), ["pending"]);
+    assert_eq!(states(&ok(db, &["db", "status"])), ["pending", "pending"]);
     let migrated = ok(db, &["migrate"]);
     assert!(migrated.contains("applied 1 create users"), "{migrated}");
-    assert_eq!(states(&ok(db, &["db", "status"])), ["applied"]);
+    assert!(
+        migrated.contains("applied 2 email key case folding"),
+        "{migrated}"
+    );
+    assert_eq!(states(&ok(db, &["db", "status"])), ["applied", "applied"]);
 
     let schema = ok(db, &["db", "schema"]);
     for part in [
@@ -134,7 +138,7 @@ async fn serve_migrates_unless_told_not_to(db: &TestDb) {
     assert_eq!(r.status(), 200);
     assert_eq!(
         states(&ok(db, &["db", "status"])),
-        ["pending"],
+        ["pending", "pending"],
         "--no-migrate left it"
     );
     drop(server);
@@ -142,7 +146,7 @@ async fn serve_migrates_unless_told_not_to(db: &TestDb) {
     let server = Server::start(skiff(&db.url, db.dir()));
     assert_eq!(
         states(&ok(db, &["db", "status"])),
-        ["applied"],
+        ["applied", "applied"],
         "serve migrated"
     );
     let r = reqwest::get(server.url("/users")).await.unwrap();

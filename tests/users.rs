@@ -33,6 +33,7 @@ both_backends!(
     the_list_is_in_creation_order_and_filters_by_email,
     bad_list_queries_are_400,
     pagination_walks_every_user_exactly_once,
+    long_pages_are_streamed_whole_and_in_order,
     the_cursor_works_after_a_deleted_or_unknown_id,
     compatibility_routes_act_as_the_users_routes,
     credentials_guard_the_users_routes_only,
@@ -760,6 +761,35 @@ async fn pagination_walks_every_user_exactly_once(db: &TestDb) {
         r.headers().get("link").is_none(),
         "the default limit, 100, takes all 20"
     );
+}
+
+/// Pages longer than a chunk (32) are streamed: the same users, the
+/// same `Link`, valid JSON, gzipped or not.
+async fn long_pages_are_streamed_whole_and_in_order(db: &TestDb) {
+    let app = db.spawn().await;
+    let ids = create_many(&app, "long", 100).await;
+    for (limit, pages) in [(33, 4), (64, 2), (99, 2), (100, 1), (1000, 1)] {
+        let mut seen = Vec::new();
+        let mut next = Some(format!("/users?limit={limit}"));
+        let mut count = 0;
+        while let Some(path) = next {
+            let r = app.get(&path).await;
+            assert_eq!(r.status(), 200);
+            assert_eq!(common::header(&r, "content-type"), "application/json");
+            let link = r.headers().get("link").cloned();
+            let page = ids_of(&r.json().await.unwrap());
+            let last = page.last().expect("no empty page").clone();
+            next = link.map(|_| format!("/users?limit={limit}&after={last}"));
+            seen.extend(page);
+            count += 1;
+        }
+        assert_eq!(count, pages, "limit {limit}");
+        assert_eq!(seen, ids, "limit {limit}: every user once, in order");
+    }
+    let plain = reqwest::Client::builder().no_gzip().build().unwrap();
+    let r = plain.get(app.url("/users?limit=50")).send().await.unwrap();
+    let page: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(ids_of(&page), ids[..50]);
 }
 
 async fn the_cursor_works_after_a_deleted_or_unknown_id(db: &TestDb) {

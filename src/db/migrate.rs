@@ -70,6 +70,27 @@ pub async fn apply_pending<C: Migrate>(
     Ok(done)
 }
 
+/// Logs one row re-keyed by a back end's `rekey`: a twin (`twin > 0`) is
+/// an account whose email now has the key of an older account's. Both are
+/// kept as they are; the warning tells an operator to look at them.
+pub fn note_twin(id: uuid::Uuid, twin: i64) {
+    if twin > 0 {
+        tracing::warn!(
+            %id,
+            twin,
+            "this user's email equals another user's under Unicode case folding; \
+             both accounts are kept (find them with ?email=)"
+        );
+    }
+}
+
+/// Logs how many email keys a `rekey` recomputed (nothing when none).
+pub fn note_rekeyed(count: u64) {
+    if count > 0 {
+        tracing::info!(count, "email keys recomputed (Unicode case folding)");
+    }
+}
+
 /// A row of the bookkeeping table.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AppliedRow {

@@ -275,6 +275,25 @@ impl Db {
         }
     }
 
+    /// Where a page of `limit` users after `after` ends: the id of its last
+    /// user, and whether another user follows. `(None, false)` when fewer
+    /// than `limit` remain. Lets a long page be streamed a chunk at a time.
+    pub async fn page_end(
+        &self,
+        after: UserId,
+        limit: u32,
+    ) -> Result<(Option<UserId>, bool), DbError> {
+        let ids = match self {
+            Db::Sqlite(s) => s.page_end(after, limit).await?,
+            Db::Postgres(s) => s.page_end(after, limit).await?,
+        };
+        Ok(match ids.as_slice() {
+            [] => (None, false),
+            [last] => (Some(UserId::from_uuid(*last)), false),
+            [last, ..] => (Some(UserId::from_uuid(*last)), true),
+        })
+    }
+
     /// Applies `patch` to the user if its version is one of `versions` (or
     /// unconditionally), in one atomic step.
     pub async fn update_user(

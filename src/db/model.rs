@@ -101,15 +101,38 @@ impl Email {
         &self.0
     }
 
-    /// The form uniqueness and the `?email=` filter compare: lower case.
+    /// The form uniqueness and the `?email=` filter compare: see
+    /// [`email_key`].
     pub fn key(&self) -> String {
         email_key(&self.0)
     }
 }
 
-/// Lower-cases an email (or a filter value) the way [`Email::key`] does.
+/// Which [`email_key`] computed a stored key: 1 was `str::to_lowercase`,
+/// 2 is NFKC case folding. Rows with an older one are re-keyed when
+/// migrations run (`rekey` in `db::sqlite` and `db::postgres`).
+pub const EMAIL_KEY_VERSION: i64 = 2;
+
+/// The key of an email (or a filter value): its NFKC case folding, the
+/// Unicode "compatibility caseless" form (NFKC, full case folding, NFKC
+/// again, until stable). So `ΑΣ` and `Ασ` (final sigma), `STRASSE` and
+/// `straße`, `ſ` and `s`, `µ` (micro) and `μ` (mu), `ＡＤＡ` (full width)
+/// and `ada`, `é` and `e` + U+0301 all have one key. Case folding is the
+/// locale-free one (no Turkic dotless i).
 pub fn email_key(text: &str) -> String {
-    text.to_lowercase()
+    let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
+    let fold = icu_casemap::CaseMapperBorrowed::new();
+    let mut key = nfkc.normalize(text).into_owned();
+    // One round is stable for every string tried (see the property test);
+    // the loop makes sure, within four rounds.
+    for _ in 0..4 {
+        let next = nfkc.normalize(&fold.fold_string(&key)).into_owned();
+        if next == key {
+            break;
+        }
+        key = next;
+    }
+    key
 }
 
 impl Serialize for Email {
@@ -346,6 +369,40 @@ mod tests {
         assert_eq!(e.as_str(), "Ada@Example.COM");
         assert_eq!(e.key(), "ada@example.com");
         assert_eq!(e.key(), Email::parse("ADA@example.com").unwrap().key());
+    }
+
+    #[test]
+    fn email_keys_fold_case_the_unicode_way() {
+        // The twins of issue 17, and compatibility forms.
+        for (a, b) in [
+            ("ΑΣ@x.gr", "Ασ@x.gr"),
+            ("ας@x.gr", "ασ@x.gr"),
+            ("STRASSE@x.de", "straße@x.de"),
+            ("ſ@x", "s@x"),
+            ("Μ2@x", "µ2@x"),
+            ("ＡＤＡ@ｅｘａｍｐｌｅ.com", "ada@example.com"),
+            ("e\u{301}@x", "é@x"),
+            ("ﬁ@x", "FI@x"),
+            ("ǅ@x", "ǆ@x"),
+            ("ẞ@x", "ss@x"),
+        ] {
+            assert_eq!(email_key(a), email_key(b), "{a} vs {b}");
+        }
+        for (a, b) in [("a@x", "b@x"), ("e@x", "é@x"), ("i@x", "ı@x")] {
+            assert_ne!(email_key(a), email_key(b), "{a} vs {b}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn email_keys_are_stable_and_ignore_case(text in "\\PC{0,40}") {
+            let key = email_key(&text);
+            // A key is its own key: a filter value that is a key finds it.
+            proptest::prop_assert_eq!(&email_key(&key), &key);
+            // Upper, lower and title case of the same text share its key.
+            proptest::prop_assert_eq!(&email_key(&text.to_uppercase()), &key);
+            proptest::prop_assert_eq!(&email_key(&text.to_lowercase()), &key);
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 
 use super::migrate::{self, Applied, AppliedRow, MigrationStatus};
+use super::model::{self, EMAIL_KEY_VERSION};
 use super::{
     ACQUIRE_TIMEOUT, DbError, Millis, PageQuery, User, UserId, UserPatch, UserRow, Versions,
     WriteError, is_unique_violation, record_pool, user_columns,
@@ -68,8 +69,8 @@ impl PgStore {
     pub async fn create(&self, user: User) -> Result<User, WriteError> {
         sqlx::query(
             "INSERT INTO users (id, email, email_key, account_enabled, display_name, given_name, \
-             surname, company_name, version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             surname, company_name, version, created_at, updated_at, email_key_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(user.id.as_uuid())
         .bind(user.email.as_str())
@@ -82,6 +83,7 @@ impl PgStore {
         .bind(user.version)
         .bind(user.created_at.as_millis())
         .bind(user.updated_at.as_millis())
+        .bind(EMAIL_KEY_VERSION as i32)
         .execute(&self.pool)
         .await
         .map_err(write_error)?;
@@ -97,6 +99,9 @@ impl PgStore {
     ) -> Result<User, WriteError> {
         let row: Option<UserRow> = sqlx::query_as(concat!(
             "UPDATE users SET email = COALESCE($2, email), email_key = COALESCE($3, email_key), \
+             email_twin = CASE WHEN $3::text IS NULL OR $3::text = email_key \
+                 THEN email_twin ELSE 0 END, \
+             email_key_version = CASE WHEN $3::text IS NULL THEN email_key_version ELSE $11 END, \
              account_enabled = COALESCE($4, account_enabled), \
              display_name = COALESCE($5, display_name), given_name = COALESCE($6, given_name), \
              surname = COALESCE($7, surname), company_name = COALESCE($8, company_name), \
@@ -115,6 +120,7 @@ impl PgStore {
         .bind(patch.company_name.as_ref().map(|n| n.as_str()))
         .bind(now.as_millis())
         .bind(versions)
+        .bind(EMAIL_KEY_VERSION as i32)
         .fetch_optional(&self.pool)
         .await
         .map_err(write_error)?;
@@ -165,6 +171,17 @@ impl PgStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(User::from))
+    }
+
+    /// The ids of the `limit`-th and next users after `after`.
+    pub async fn page_end(&self, after: UserId, limit: u32) -> Result<Vec<uuid::Uuid>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM users WHERE id > $1 ORDER BY id LIMIT 2 OFFSET $2")
+                .bind(after.as_uuid())
+                .bind(i64::from(limit.max(1) - 1))
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn list(&self, page: &PageQuery) -> Result<Vec<User>, DbError> {
@@ -223,11 +240,57 @@ pub async fn apply_migrations(options: &PgConnectOptions) -> Result<Vec<Applied>
     let mut conn = PgConnection::connect_with(options).await?;
     conn.lock().await?;
     let applied = migrate::apply_pending(&mut conn, &migrate::POSTGRES).await;
+    if applied.is_ok()
+        && let Err(e) = rekey(&mut conn).await
+    {
+        let _ = conn.close().await;
+        return Err(e);
+    }
     if applied.is_ok() {
         conn.unlock().await?;
     }
     let _ = conn.close().await;
     Ok(applied?)
+}
+
+/// Recomputes the email keys made by an older [`model::email_key`], in
+/// creation order and in one transaction, keeping every account (see
+/// `migrate::note_twin`).
+async fn rekey(conn: &mut PgConnection) -> Result<(), DbError> {
+    let mut tx = conn.begin().await?;
+    let mut rekeyed = 0u64;
+    loop {
+        let stale: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+            "SELECT id, email FROM users WHERE email_key_version < $1 ORDER BY id LIMIT 1000",
+        )
+        .bind(EMAIL_KEY_VERSION as i32)
+        .fetch_all(&mut *tx)
+        .await?;
+        if stale.is_empty() {
+            break;
+        }
+        for (id, email) in stale {
+            let twin: i32 = sqlx::query_scalar(
+                "UPDATE users SET email_key = $2, email_key_version = $3, email_twin = \
+                 CASE WHEN EXISTS (SELECT 1 FROM users \
+                   WHERE email_key = $2 AND email_twin = 0 AND id <> $1) \
+                 THEN (SELECT MAX(email_twin) + 1 FROM users \
+                   WHERE email_key = $2 AND id <> $1) \
+                 ELSE 0 END \
+                 WHERE id = $1 RETURNING email_twin",
+            )
+            .bind(id)
+            .bind(model::email_key(&email))
+            .bind(EMAIL_KEY_VERSION as i32)
+            .fetch_one(&mut *tx)
+            .await?;
+            migrate::note_twin(id, i64::from(twin));
+            rekeyed += 1;
+        }
+    }
+    tx.commit().await?;
+    migrate::note_rekeyed(rekeyed);
+    Ok(())
 }
 
 pub async fn migration_status(pool: &PgPool) -> Result<Vec<MigrationStatus>, DbError> {

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use super::cache::UserCache;
 use super::migrate::{self, Applied, AppliedRow, MigrationStatus};
+use super::model::{self, EMAIL_KEY_VERSION};
 use super::{
     ACQUIRE_TIMEOUT, DB_WRITE_BATCH, DbError, Millis, PageQuery, User, UserId, UserPatch, UserRow,
     Versions, WriteError, is_unique_violation, record_pool, user_columns,
@@ -119,6 +120,10 @@ pub struct SqliteStore {
     /// One connection, used by the writer task only (and by migrations
     /// before it starts). For an in-memory database it also serves reads.
     writes: SqlitePool,
+    /// One connection of its own for readiness, so that a read pool busy
+    /// with traffic (many clients pulling long pages) does not make the
+    /// probe wait past its timeout and readiness flap.
+    probe: SqlitePool,
     memory: bool,
     cache: Arc<UserCache>,
     queue: mpsc::Sender<Job>,
@@ -161,6 +166,17 @@ impl SqliteStore {
                 .await
                 .map_err(|e| open_error(&options, e))?
         };
+        let probe = if memory {
+            writes.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options.clone().pragma("query_only", "ON"))
+                .await
+                .map_err(|e| open_error(&options, e))?
+        };
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let (stop, stopped) = oneshot::channel();
         let cache = Arc::new(UserCache::new(CACHED_USERS));
@@ -168,6 +184,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             reads,
             writes,
+            probe,
             memory,
             cache,
             queue,
@@ -177,7 +194,7 @@ impl SqliteStore {
     }
 
     pub async fn ping(&self) -> bool {
-        !self.queue.is_closed() && sqlx::query("SELECT 1").execute(&self.reads).await.is_ok()
+        !self.queue.is_closed() && sqlx::query("SELECT 1").execute(&self.probe).await.is_ok()
     }
 
     pub fn record_pool_metrics(&self) {
@@ -199,6 +216,7 @@ impl SqliteStore {
             let _ = writer.await;
         }
         self.reads.close().await;
+        self.probe.close().await;
         self.writes.close().await;
     }
 
@@ -259,6 +277,17 @@ impl SqliteStore {
             self.cache.fill(miss, user);
         }
         Ok(user)
+    }
+
+    /// The ids of the `limit`-th and next users after `after`.
+    pub async fn page_end(&self, after: UserId, limit: u32) -> Result<Vec<uuid::Uuid>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM users WHERE id > ? ORDER BY id LIMIT 2 OFFSET ?")
+                .bind(after.as_uuid())
+                .bind(i64::from(limit.max(1) - 1))
+                .fetch_all(&self.reads)
+                .await?,
+        )
     }
 
     pub async fn list(&self, page: &PageQuery) -> Result<Vec<User>, DbError> {
@@ -454,16 +483,17 @@ async fn insert_all(
     // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join clause.
     let inserted: Vec<uuid::Uuid> = sqlx::query_scalar(
         "INSERT INTO users (id, email, email_key, account_enabled, display_name, given_name, \
-         surname, company_name, version, created_at, updated_at) \
+         surname, company_name, version, created_at, updated_at, email_key_version) \
          SELECT unhex(value ->> 'id'), value ->> 'email', value ->> 'key', \
                 value ->> 'enabled', value ->> 'displayName', value ->> 'givenName', \
                 value ->> 'surname', value ->> 'companyName', value ->> 'version', \
-                value ->> 'createdAt', value ->> 'updatedAt' \
+                value ->> 'createdAt', value ->> 'updatedAt', ?2 \
          FROM json_each(?1) WHERE true \
          ON CONFLICT DO NOTHING \
          RETURNING id",
     )
     .bind(serde_json::Value::Array(rows).to_string())
+    .bind(EMAIL_KEY_VERSION)
     .fetch_all(&mut *conn)
     .await?;
     let inserted: HashSet<uuid::Uuid> = inserted.into_iter().collect();
@@ -494,6 +524,8 @@ async fn update(
 ) -> Result<User, WriteError> {
     let row: Option<UserRow> = sqlx::query_as(concat!(
         "UPDATE users SET email = COALESCE(?2, email), email_key = COALESCE(?3, email_key), \
+         email_twin = CASE WHEN ?3 IS NULL OR ?3 = email_key THEN email_twin ELSE 0 END, \
+         email_key_version = CASE WHEN ?3 IS NULL THEN email_key_version ELSE ?11 END, \
          account_enabled = COALESCE(?4, account_enabled), \
          display_name = COALESCE(?5, display_name), given_name = COALESCE(?6, given_name), \
          surname = COALESCE(?7, surname), company_name = COALESCE(?8, company_name), \
@@ -512,6 +544,7 @@ async fn update(
     .bind(patch.company_name.as_ref().map(|n| n.as_str()))
     .bind(now.as_millis())
     .bind(versions)
+    .bind(EMAIL_KEY_VERSION)
     .fetch_optional(&mut *conn)
     .await
     .map_err(write_error)?;
@@ -562,8 +595,46 @@ pub async fn apply_migrations(pool: &SqlitePool) -> Result<Vec<Applied>, DbError
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let applied = migrate::apply_pending(&mut *tx, &migrate::SQLITE).await?;
+    rekey(&mut tx).await?;
     tx.commit().await?;
     Ok(applied)
+}
+
+/// Recomputes the email keys made by an older [`model::email_key`], in
+/// creation order, keeping every account (see `migrate::note_twin`).
+async fn rekey(conn: &mut SqliteConnection) -> Result<(), DbError> {
+    let mut rekeyed = 0u64;
+    loop {
+        let stale: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+            "SELECT id, email FROM users WHERE email_key_version < ?1 ORDER BY id LIMIT 1000",
+        )
+        .bind(EMAIL_KEY_VERSION)
+        .fetch_all(&mut *conn)
+        .await?;
+        if stale.is_empty() {
+            break;
+        }
+        for (id, email) in stale {
+            let twin: i64 = sqlx::query_scalar(
+                "UPDATE users SET email_key = ?2, email_key_version = ?3, email_twin = \
+                 CASE WHEN EXISTS (SELECT 1 FROM users \
+                   WHERE email_key = ?2 AND email_twin = 0 AND id <> ?1) \
+                 THEN (SELECT MAX(email_twin) + 1 FROM users \
+                   WHERE email_key = ?2 AND id <> ?1) \
+                 ELSE 0 END \
+                 WHERE id = ?1 RETURNING email_twin",
+            )
+            .bind(id)
+            .bind(model::email_key(&email))
+            .bind(EMAIL_KEY_VERSION)
+            .fetch_one(&mut *conn)
+            .await?;
+            migrate::note_twin(id, twin);
+            rekeyed += 1;
+        }
+    }
+    migrate::note_rekeyed(rekeyed);
+    Ok(())
 }
 
 pub async fn migration_status(pool: &SqlitePool) -> Result<Vec<MigrationStatus>, DbError> {

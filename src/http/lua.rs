@@ -98,6 +98,27 @@ pub async fn script(
     Ok(verbatim(response))
 }
 
+/// A request for `/lua/{name}` naming no script: answered `404` before its
+/// body is read (see `middleware::read_body`). `None` for any other request.
+pub async fn refuse_unknown_script(
+    state: &AppState,
+    parts: &mut axum::http::request::Parts,
+) -> Option<Response> {
+    use axum::extract::{FromRequestParts, MatchedPath};
+    use axum::response::IntoResponse;
+    let matched = parts.extensions.get::<MatchedPath>()?;
+    if matched.as_str() != "/lua/{name}" {
+        return None;
+    }
+    let known = Path::<String>::from_request_parts(parts, state)
+        .await
+        .ok()
+        .and_then(|Path(name)| ScriptName::parse(&name))
+        .is_some_and(|name| state.lua.has_script(&name));
+    (!known)
+        .then(|| Error::NotFound(format!("no Lua script at {}", parts.uri.path())).into_response())
+}
+
 /// The decoded query pairs, in order, repeats included.
 fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
     Query::<Vec<(String, String)>>::try_from_uri(uri)

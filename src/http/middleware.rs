@@ -9,17 +9,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use std::time::Duration;
+
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 
+use crate::app::AppState;
 use crate::error::{Error, Problem};
 use metrics::{Counter, Gauge, Histogram, Label, SharedString};
 use tokio::sync::Semaphore;
 use tower_http::request_id::{MakeRequestId, RequestId};
 
-use crate::telemetry::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS, REQUESTS_SHED};
+use crate::telemetry::{
+    BODY_TIMEOUTS, HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS, REQUESTS_SHED,
+};
 
 use super::REQUEST_ID;
 
@@ -150,6 +157,7 @@ fn status_label(status: u16) -> SharedString {
         401 => "401",
         404 => "404",
         405 => "405",
+        408 => "408",
         409 => "409",
         412 => "412",
         413 => "413",
@@ -218,6 +226,113 @@ pub async fn shed_load(
             .into_response()
         }
     }
+}
+
+/// What [`read_body`] needs: `SKIFF_BODY_TIMEOUT`, `SKIFF_REQUEST_TIMEOUT`
+/// and the application (when serving it; to know its Lua scripts).
+#[derive(Clone)]
+pub struct BodyReading {
+    pub gap: Duration,
+    pub total: Duration,
+    pub app: Option<AppState>,
+}
+
+/// Reads a matched route's request body in full before anything scarce is
+/// taken for it (the concurrency slot of [`shed_load`], a database
+/// connection, a Lua worker: all come after this), so a client trickling
+/// its body holds only its own connection. The next piece of the body must
+/// come within `SKIFF_BODY_TIMEOUT` and the whole body within
+/// `SKIFF_REQUEST_TIMEOUT` (which starts counting for the handler only
+/// after this), else `408` and the connection is closed.
+///
+/// A request that matched no route (a `404`), or a script that does not
+/// exist, is answered without reading its body.
+pub async fn read_body(
+    State(reading): State<BodyReading>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.extensions().get::<MatchedPath>().is_none() {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    #[cfg(feature = "lua")]
+    if let Some(app) = &reading.app
+        && let Some(refused) = super::lua::refuse_unknown_script(app, &mut parts).await
+    {
+        return refused;
+    }
+    #[cfg(not(feature = "lua"))]
+    let _ = (&mut parts, &reading.app);
+    if body.is_end_stream() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    match collect_body(body, reading.gap, reading.total).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(e) => {
+            let mut response = e.into_response();
+            // The rest of the body is not read: the connection cannot carry
+            // another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
+/// The whole body, each piece within `gap` of the one before and all of it
+/// within `total`.
+async fn collect_body(mut body: Body, gap: Duration, total: Duration) -> Result<Bytes, Error> {
+    let start = tokio::time::Instant::now();
+    let deadline = start + total;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    loop {
+        let wait = (tokio::time::Instant::now() + gap).min(deadline);
+        match tokio::time::timeout_at(wait, body.frame()).await {
+            Err(_) => {
+                metrics::counter!(BODY_TIMEOUTS).increment(1);
+                return Err(Error::RequestTimeout(if wait == deadline {
+                    format!("the request body took longer than {total:?} to arrive")
+                } else {
+                    format!("no more of the request body came for {gap:?}")
+                }));
+            }
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    chunks.push(data);
+                }
+            }
+            Ok(Some(Err(e))) => {
+                return Err(if is_over_limit(&e) {
+                    Error::PayloadTooLarge("the request body is larger than the limit".into())
+                } else {
+                    Error::bad_request("the request body could not be read")
+                });
+            }
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => Bytes::from(chunks.concat()),
+    })
+}
+
+/// Whether a body error is the body limit's.
+fn is_over_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Gives every bare error response made outside a handler (405 from the

@@ -20,9 +20,11 @@ mod users;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::http::{Extensions, HeaderMap, HeaderName, StatusCode, header};
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
+use tower_http::body::Limited;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{DefaultPredicate, Predicate};
@@ -61,11 +63,12 @@ pub fn router(state: AppState) -> Router {
         api
     };
     let routes = api.merge(health::router()).merge(metrics::router());
-    with_middleware(
+    layered(
         routes
             .fallback(middleware::not_found)
             .with_state(state.clone()),
         config,
+        Some(state.clone()),
     )
 }
 
@@ -80,15 +83,33 @@ fn no_etag(_: StatusCode, _: axum::http::Version, headers: &HeaderMap, _: &Exten
 
 /// Wraps `routes` in the shared middleware, outermost first: every response,
 /// even a panic's, gets a request id, an access log line and the request
-/// metrics, compression, and a problem body when it is a bare error. Each
+/// metrics, compression, and a problem body when it is a bare error; a
+/// matched route's body is read in full before the request timeout starts
+/// and before the concurrency slot is taken ([`middleware::read_body`]). Each
 /// `Router::layer` boxes a service per route, so the layers are grouped into
 /// three concrete stacks rather than applied one by one.
 pub fn with_middleware(routes: Router, config: &Config) -> Router {
+    layered(routes, config, None)
+}
+
+/// [`with_middleware`], with the application's state when there is one
+/// (for [`middleware::read_body`] to refuse unknown Lua scripts).
+fn layered(routes: Router, config: &Config, app: Option<AppState>) -> Router {
+    let reading = middleware::BodyReading {
+        gap: config.body_timeout,
+        total: config.request_timeout,
+        app,
+    };
     let inner = ServiceBuilder::new()
         .layer(CompressionLayer::new().compress_when(DefaultPredicate::new().and(no_etag)))
         .layer(CatchPanicLayer::custom(middleware::panic_to_problem))
         .map_response(middleware::problem_for_bare_errors)
         .layer(RequestBodyLimitLayer::new(config.body_limit))
+        .map_request(|r: axum::http::Request<Limited<Body>>| r.map(Body::new))
+        .layer(axum::middleware::from_fn_with_state(
+            reading,
+            middleware::read_body,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             config.request_timeout,

@@ -260,6 +260,9 @@ async fn list_users(
     {
         return Ok(Json(Vec::<User>::new()).into_response());
     }
+    if page.email_key.is_none() && limit > CHUNK {
+        return stream_page(state, page.after, limit).await;
+    }
     let mut users = state.db.users(&page).await.map_err(db_error)?;
     let more = users.len() > limit as usize;
     users.truncate(limit as usize);
@@ -273,6 +276,137 @@ async fn list_users(
         );
     }
     Ok(response)
+}
+
+/// Users fetched and serialized at a time when a long page is streamed.
+/// At the longest fields a user is about 7.4 KB of JSON, so a chunk is at
+/// most about 240 KB: what a client that stops reading can pin in memory
+/// (besides the socket's buffers), however long its page.
+const CHUNK: u32 = 32;
+
+/// A page longer than [`CHUNK`], streamed: the page's end (for `Link`)
+/// and its first chunk are read before answering; each further chunk is
+/// read from the database only when the client has taken the one before,
+/// with a pooled connection held just for that query. A client that stops
+/// reading so holds no connection and one chunk of memory, for at most
+/// `SKIFF_SEND_TIMEOUT`. (Users written while a page streams may or may
+/// not appear in it, as if the page were read a chunk at a time.)
+async fn stream_page(state: AppState, after: UserId, limit: u32) -> Result<Response, Error> {
+    let (last, more) = state.db.page_end(after, limit).await.map_err(db_error)?;
+    let first = state
+        .db
+        .users(&PageQuery {
+            after,
+            limit: CHUNK,
+            email_key: None,
+        })
+        .await
+        .map_err(db_error)?;
+    let mut stream = PageStream {
+        state,
+        cursor: after,
+        last,
+        left: limit,
+        opened: false,
+        any: false,
+        done: false,
+    };
+    let head = stream.chunk(first);
+    let rest = futures_util::stream::unfold(stream, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let users = s
+            .state
+            .db
+            .users(&PageQuery {
+                after: s.cursor,
+                limit: CHUNK,
+                email_key: None,
+            })
+            .await;
+        match users {
+            Ok(users) => {
+                let bytes = s.chunk(users);
+                Some((Ok(bytes), s))
+            }
+            Err(e) => {
+                // The status is sent: all that is left is to cut the answer
+                // short, which the client sees as a broken transfer.
+                tracing::warn!(error = %e, "a streamed list of users broke off");
+                s.done = true;
+                Some((Err(e), s))
+            }
+        }
+    });
+    // Fused: a body may be polled again after its end (the compression
+    // layer does), which `unfold` does not allow.
+    let body = futures_util::StreamExt::fuse(futures_util::StreamExt::chain(
+        futures_util::stream::once(async move { Ok(head) }),
+        rest,
+    ));
+    let mut response = Response::new(axum::body::Body::from_stream(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let (true, Some(last)) = (more, last) {
+        let link = format!("</users?limit={limit}&after={last}>; rel=\"next\"");
+        response.headers_mut().insert(
+            header::LINK,
+            HeaderValue::from_str(&link).expect("a link of ASCII parts"),
+        );
+    }
+    Ok(response)
+}
+
+/// Where a streamed page is.
+struct PageStream {
+    state: AppState,
+    /// The last user sent.
+    cursor: UserId,
+    /// The page's last user, when it was full when the stream began.
+    last: Option<UserId>,
+    /// Users the page may still hold.
+    left: u32,
+    /// Whether `[` was sent.
+    opened: bool,
+    /// Whether a user was sent (the next needs a comma).
+    any: bool,
+    done: bool,
+}
+
+impl PageStream {
+    /// The JSON of `users` (a chunk read after `cursor`), with the array's
+    /// opening and closing brackets where they belong.
+    fn chunk(&mut self, users: Vec<User>) -> axum::body::Bytes {
+        let full = users.len() == CHUNK as usize;
+        let mut out = Vec::with_capacity(users.len() * 512 + 2);
+        if !self.opened {
+            out.push(b'[');
+            self.opened = true;
+        }
+        for user in users {
+            if self.left == 0 || self.last.is_some_and(|last| user.id > last) {
+                self.done = true;
+                break;
+            }
+            if self.any {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &user).expect("a user serializes");
+            self.any = true;
+            self.cursor = user.id;
+            self.left -= 1;
+        }
+        if !full || self.left == 0 || self.last == Some(self.cursor) {
+            self.done = true;
+        }
+        if self.done {
+            out.push(b']');
+        }
+        axum::body::Bytes::from(out)
+    }
 }
 
 async fn create(state: &AppState, fields: UserFields) -> Result<Response, Error> {

@@ -8,6 +8,13 @@
 //! - *busy*: while a request is being served, no deadline here; the request
 //!   timeout and the body limit of the router apply.
 //!
+//! Writes have one deadline of their own, in every phase: once the peer
+//! accepts no more bytes (a write would block), it has `send_timeout` to
+//! accept some, else the write fails with `TimedOut` and hyper closes the
+//! connection, dropping the rest of the answer (like nginx's
+//! `send_timeout`). A stalled reader so pins an answer for that long at
+//! most.
+//!
 //! hyper has a single `header_read_timeout` that starts as soon as it waits
 //! for a head, idle or not, so it would close a keep-alive connection after
 //! the (short) header timeout. This wrapper replaces it: it watches the bytes
@@ -28,6 +35,7 @@ use tokio::time::{Instant, Sleep};
 pub struct Timeouts {
     pub header: Duration,
     pub idle: Duration,
+    pub send: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +57,9 @@ pub struct Deadlines<T> {
     timer: Pin<Box<Sleep>>,
     phase: Phase,
     timeouts: Timeouts,
+    /// Armed when a write blocks, for the send deadline; `None` while
+    /// writes go through.
+    send_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> Deadlines<T> {
@@ -64,6 +75,30 @@ impl<T> Deadlines<T> {
                 seen: HEAD_START,
             },
             timeouts,
+            send_timer: None,
+        }
+    }
+
+    /// A write made progress (`true`) or would block (`false`). Fails with
+    /// `TimedOut` once writes have blocked for the send timeout.
+    fn note_send(&mut self, progress: bool, cx: &mut Context<'_>) -> io::Result<()> {
+        if progress {
+            self.send_timer = None;
+            return Ok(());
+        }
+        let send = self.timeouts.send;
+        let timer = self
+            .send_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                metrics::counter!(crate::telemetry::SEND_TIMEOUTS).increment(1);
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client accepted no bytes within the send timeout",
+                ))
+            }
+            Poll::Pending => Ok(()),
         }
     }
 
@@ -173,7 +208,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        let Poll::Ready(written) = Pin::new(&mut self.inner).poll_write(cx, buf) else {
+            self.note_send(false, cx)?;
+            return Poll::Pending;
+        };
+        let written = written?;
+        self.note_send(true, cx)?;
         self.note_write(&buf[..written]);
         let _ = self.poll_deadline(cx);
         Poll::Ready(Ok(written))
@@ -184,7 +224,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        let Poll::Ready(written) = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) else {
+            self.note_send(false, cx)?;
+            return Poll::Pending;
+        };
+        let written = written?;
+        self.note_send(true, cx)?;
         if written > 0 {
             let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
             self.note_write(&first[..written.min(first.len())]);
@@ -198,7 +243,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let Poll::Ready(flushed) = Pin::new(&mut self.inner).poll_flush(cx) else {
+            self.note_send(false, cx)?;
+            return Poll::Pending;
+        };
+        Poll::Ready(flushed)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
