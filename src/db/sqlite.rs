@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use super::cache::UserCache;
 use super::migrate::{self, Applied, AppliedRow, MigrationStatus};
+use super::serve_lock::{self, ServeLock};
 use super::{
     ACQUIRE_TIMEOUT, DB_WRITE_BATCH, DbError, Millis, PageQuery, User, UserId, UserPatch, UserRow,
     Versions, WriteError, is_unique_violation, record_pool, user_columns,
@@ -124,6 +125,9 @@ pub struct SqliteStore {
     queue: mpsc::Sender<Job>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Keeps a second server off the file (`None` in memory); released
+    /// once closed.
+    lock: Mutex<Option<ServeLock>>,
 }
 
 impl SqliteStore {
@@ -139,6 +143,19 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| open_error(&options, e))?;
+        // Once the file is known to open (SQLite's own message names what
+        // is wrong with it or its directory), before anything is served.
+        let lock = if memory {
+            None
+        } else {
+            match ServeLock::acquire(options.get_filename()) {
+                Ok(lock) => Some(lock),
+                Err(e) => {
+                    writes.close().await;
+                    return Err(e);
+                }
+            }
+        };
         if migrate {
             apply_migrations(&writes).await?;
         } else {
@@ -173,6 +190,7 @@ impl SqliteStore {
             queue,
             stop: Mutex::new(Some(stop)),
             writer: Mutex::new(Some(writer)),
+            lock: Mutex::new(lock),
         })
     }
 
@@ -200,6 +218,7 @@ impl SqliteStore {
         }
         self.reads.close().await;
         self.writes.close().await;
+        self.lock.lock().expect("not poisoned").take();
     }
 
     async fn submit(&self, op: Op) -> Reply {
@@ -645,14 +664,19 @@ pub async fn create(url: &str) -> Result<bool, DbError> {
     Ok(true)
 }
 
-/// Removes the database file and its WAL companions; false when there was
-/// no file.
+/// Removes the database file, its WAL companions and its serve lock; false
+/// when there was no file. Refused while a server holds the lock.
 pub fn drop(url: &str) -> Result<bool, DbError> {
     let Some(path) = file(url)? else {
         return Ok(false);
     };
     let existed = path.exists();
-    for suffix in ["", "-wal", "-shm", "-journal"] {
+    let _held = if existed {
+        Some(ServeLock::acquire(&path)?)
+    } else {
+        None
+    };
+    for suffix in ["", "-wal", "-shm", "-journal", serve_lock::SUFFIX] {
         let mut name = path.clone().into_os_string();
         name.push(suffix);
         match std::fs::remove_file(Path::new(&name)) {
