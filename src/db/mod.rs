@@ -19,6 +19,7 @@ pub mod model;
 mod postgres;
 mod serve_lock;
 mod sqlite;
+mod sqlite_read;
 
 use std::time::Duration;
 
