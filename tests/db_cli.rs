@@ -152,3 +152,88 @@ async fn serve_migrates_unless_told_not_to(db: &TestDb) {
     let r = reqwest::get(server.url("/users")).await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// Runs `cmd serve` on a free port and waits (up to 30 s) for it to exit:
+/// a server that starts anyway is killed and the test fails.
+fn serve_expecting_exit(mut cmd: std::process::Command, args: &[&str]) -> Output {
+    let mut child = cmd
+        .env("PORT", "0")
+        .arg("serve")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("skiff starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("waitable").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a second `skiff serve` on the same SQLite file kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A SQLite database takes one server: the second `skiff serve` on the
+/// file refuses with one line naming it (and PostgreSQL for replicas),
+/// while the admin commands keep working beside the first; once the first
+/// is gone, even by `kill -9`, another starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_server_on_one_sqlite_file_refuses_to_start() {
+    let db = TestDb::sqlite();
+    let file = db.dir().join("users.db");
+    let first = Server::start(skiff(&db.url, db.dir()));
+    let client = reqwest::Client::new();
+    let created = client
+        .post(first.url("/users"))
+        .json(&serde_json::json!({"email": "one@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    for args in [&[][..], &["--no-migrate"]] {
+        let refused = serve_expecting_exit(skiff(&db.url, db.dir()), args);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {stderr}");
+        for part in [
+            file.display().to_string().as_str(),
+            "another skiff process",
+            "PostgreSQL",
+        ] {
+            assert!(lines[0].contains(part), "{part:?} in {stderr}");
+        }
+    }
+
+    // The admin commands work beside the server; `db drop` does not pull
+    // the file from under it.
+    assert!(ok(&db, &["migrate"]).contains("no pending migrations"));
+    assert!(!states(&ok(&db, &["db", "status"])).is_empty());
+    assert!(ok(&db, &["db", "schema"]).contains("CREATE TABLE users"));
+    let dropped = run(&db, &["db", "drop"]);
+    assert_eq!(dropped.status.code(), Some(1));
+    assert!(file.exists(), "db drop left the served file");
+    let r = client.get(first.url("/users")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("one@example.com"));
+
+    first.stop();
+    let second = Server::start(skiff(&db.url, db.dir()));
+    let r = client.get(second.url("/users")).send().await.unwrap();
+    assert!(r.text().await.unwrap().contains("one@example.com"));
+    // SIGKILL: the kernel releases the lock with the process.
+    drop(second);
+    let third = Server::start(skiff(&db.url, db.dir()));
+    assert_eq!(
+        client
+            .get(third.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

@@ -44,9 +44,18 @@ both_backends!(
     a_user_is_sent_uncompressed_so_its_strong_etag_names_one_representation,
     a_body_over_the_limit_is_413,
     readiness_and_metrics_report_the_database,
-    two_replicas_share_one_database,
     text_postgresql_cannot_store_gets_the_same_answer_on_both,
 );
+
+/// PostgreSQL only: a second server on one SQLite file refuses to start
+/// (tests/db_cli.rs, `a_second_server_on_one_sqlite_file_refuses_to_start`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_share_one_postgres_database() {
+    if let Some(db) = TestDb::postgres("users::two_replicas_share_one_postgres_database").await {
+        two_replicas_share_one_database(&db).await;
+        db.cleanup().await;
+    }
+}
 
 const ADA: &str = r#"{"email":"Ada@Example.com","accountEnabled":true,"displayName":"Ada Lovelace","givenName":"Ada","surname":"Lovelace","companyName":"Analytical Engines"}"#;
 

@@ -17,7 +17,9 @@ pub mod cli;
 mod migrate;
 pub mod model;
 mod postgres;
+mod serve_lock;
 mod sqlite;
+mod sqlite_read;
 
 use std::time::Duration;
 
@@ -39,6 +41,9 @@ pub enum DbError {
     /// a client. Nothing was written.
     #[error("the database cannot store writes: {0}")]
     CannotWrite(String),
+    /// Another process serves this SQLite database (the whole message).
+    #[error("{0}")]
+    InUse(String),
     /// Migrations failed, or the database's do not match this binary's.
     #[error("migrations: {0}")]
     Migration(String),

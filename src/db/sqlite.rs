@@ -27,9 +27,12 @@ use tokio::task::JoinHandle;
 use super::cache::UserCache;
 use super::migrate::{self, Applied, AppliedRow, MigrationStatus};
 use super::model::{self, EMAIL_KEY_VERSION};
+use super::serve_lock::{self, ServeLock};
+use super::sqlite_read::Readers;
 use super::{
-    ACQUIRE_TIMEOUT, DB_WRITE_BATCH, DbError, Millis, PageQuery, User, UserId, UserPatch, UserRow,
-    Versions, WriteError, is_unique_violation, record_pool, user_columns,
+    ACQUIRE_TIMEOUT, DB_POOL_CONNECTIONS, DB_POOL_MAX, DB_WRITE_BATCH, DbError, Millis, PageQuery,
+    User, UserId, UserPatch, UserRow, Versions, WriteError, is_unique_violation, record_pool,
+    user_columns,
 };
 
 /// How long a connection waits on another process's lock (e.g. `skiff
@@ -46,6 +49,11 @@ const CACHED_USERS: usize = 4096;
 /// caches the file too; with the default, four readers slowly filled up to
 /// 8 MiB of heap under a long mixed load (bench/SOAK.md).
 const READER_CACHE_KIB: u32 = 512;
+/// Memory-mapped I/O for reads (`PRAGMA mmap_size`): off. Mapped pages of
+/// the file count in the process's RSS as they are touched, up to the
+/// whole database; reads through the page cache cost a `pread` per page
+/// instead, which measured as a small part of a read (bench/NOTES.md).
+const READER_MMAP_BYTES: u64 = 0;
 
 /// The connection settings every SQLite connection of skiff uses.
 pub fn options(url: &str) -> Result<SqliteConnectOptions, DbError> {
@@ -115,8 +123,16 @@ struct Job {
     reply: oneshot::Sender<Reply>,
 }
 
+/// Where reads go: rusqlite connections on the caller's thread for a
+/// file, the writer's sqlx connection for an in-memory database (which only
+/// that connection sees).
+enum Reads {
+    Direct(Readers),
+    Shared(SqlitePool),
+}
+
 pub struct SqliteStore {
-    reads: SqlitePool,
+    reads: Reads,
     /// One connection, used by the writer task only (and by migrations
     /// before it starts). For an in-memory database it also serves reads.
     writes: SqlitePool,
@@ -129,6 +145,9 @@ pub struct SqliteStore {
     queue: mpsc::Sender<Job>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Keeps a second server off the file (`None` in memory); released
+    /// once closed.
+    lock: Mutex<Option<ServeLock>>,
 }
 
 impl SqliteStore {
@@ -144,27 +163,35 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| open_error(&options, e))?;
+        // Once the file is known to open (SQLite's own message names what
+        // is wrong with it or its directory), before anything is served.
+        let lock = if memory {
+            None
+        } else {
+            match ServeLock::acquire(options.get_filename()) {
+                Ok(lock) => Some(lock),
+                Err(e) => {
+                    writes.close().await;
+                    return Err(e);
+                }
+            }
+        };
         if migrate {
             apply_migrations(&writes).await?;
         } else {
             super::warn_if_not_migrated(migration_status(&writes).await?);
         }
         let reads = if memory {
-            writes.clone()
+            Reads::Shared(writes.clone())
         } else {
             let readers = std::thread::available_parallelism().map_or(4, |n| n.get().clamp(4, 16));
-            SqlitePoolOptions::new()
-                .max_connections(readers as u32)
-                .min_connections(1)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(
-                    options
-                        .clone()
-                        .pragma("query_only", "ON")
-                        .pragma("cache_size", format!("-{READER_CACHE_KIB}")),
-                )
-                .await
-                .map_err(|e| open_error(&options, e))?
+            Reads::Direct(Readers::open(
+                options.get_filename(),
+                readers,
+                BUSY_TIMEOUT,
+                READER_CACHE_KIB,
+                READER_MMAP_BYTES,
+            )?)
         };
         let probe = if memory {
             writes.clone()
@@ -190,6 +217,7 @@ impl SqliteStore {
             queue,
             stop: Mutex::new(Some(stop)),
             writer: Mutex::new(Some(writer)),
+            lock: Mutex::new(lock),
         })
     }
 
@@ -198,11 +226,22 @@ impl SqliteStore {
     }
 
     pub fn record_pool_metrics(&self) {
-        if self.memory {
-            record_pool("sqlite", &self.writes);
-        } else {
-            record_pool("sqlite_read", &self.reads);
-            record_pool("sqlite_write", &self.writes);
+        match &self.reads {
+            Reads::Shared(pool) if self.memory => record_pool("sqlite", pool),
+            Reads::Shared(pool) => {
+                record_pool("sqlite_read", pool);
+                record_pool("sqlite_write", &self.writes);
+            }
+            Reads::Direct(readers) => {
+                let (idle, in_use) = readers.counts();
+                let pool = "sqlite_read";
+                metrics::gauge!(DB_POOL_CONNECTIONS, "pool" => pool, "state" => "idle")
+                    .set(idle as f64);
+                metrics::gauge!(DB_POOL_CONNECTIONS, "pool" => pool, "state" => "in_use")
+                    .set(in_use as f64);
+                metrics::gauge!(DB_POOL_MAX, "pool" => pool).set(readers.max_idle() as f64);
+                record_pool("sqlite_write", &self.writes);
+            }
         }
     }
 
@@ -215,9 +254,13 @@ impl SqliteStore {
         if let Some(writer) = writer {
             let _ = writer.await;
         }
-        self.reads.close().await;
+        match &self.reads {
+            Reads::Direct(readers) => readers.close(),
+            Reads::Shared(pool) => pool.close().await,
+        }
         self.probe.close().await;
         self.writes.close().await;
+        self.lock.lock().expect("not poisoned").take();
     }
 
     async fn submit(&self, op: Op) -> Reply {
@@ -264,15 +307,20 @@ impl SqliteStore {
             Ok(user) => return Ok(Some(user)),
             Err(miss) => miss,
         };
-        let row: Option<UserRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE id = ?"
-        ))
-        .bind(id.as_uuid())
-        .fetch_optional(&self.reads)
-        .await?;
-        let user = row.map(User::from);
+        let user = match &self.reads {
+            Reads::Direct(readers) => readers.get(id)?,
+            Reads::Shared(pool) => {
+                let row: Option<UserRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE id = ?"
+                ))
+                .bind(id.as_uuid())
+                .fetch_optional(pool)
+                .await?;
+                row.map(User::from)
+            }
+        };
         if let Some(user) = &user {
             self.cache.fill(miss, user);
         }
@@ -281,16 +329,24 @@ impl SqliteStore {
 
     /// The ids of the `limit`-th and next users after `after`.
     pub async fn page_end(&self, after: UserId, limit: u32) -> Result<Vec<uuid::Uuid>, DbError> {
+        let pool = match &self.reads {
+            Reads::Direct(readers) => return readers.page_end(after, limit),
+            Reads::Shared(pool) => pool,
+        };
         Ok(
             sqlx::query_scalar("SELECT id FROM users WHERE id > ? ORDER BY id LIMIT 2 OFFSET ?")
                 .bind(after.as_uuid())
                 .bind(i64::from(limit.max(1) - 1))
-                .fetch_all(&self.reads)
+                .fetch_all(pool)
                 .await?,
         )
     }
 
     pub async fn list(&self, page: &PageQuery) -> Result<Vec<User>, DbError> {
+        let pool = match &self.reads {
+            Reads::Direct(readers) => return readers.list(page),
+            Reads::Shared(pool) => pool,
+        };
         let limit = i64::from(page.limit);
         let after = page.after.as_uuid();
         let rows: Vec<UserRow> = match &page.email_key {
@@ -302,7 +358,7 @@ impl SqliteStore {
                 ))
                 .bind(after)
                 .bind(limit)
-                .fetch_all(&self.reads)
+                .fetch_all(pool)
                 .await?
             }
             Some(key) => {
@@ -314,7 +370,7 @@ impl SqliteStore {
                 .bind(key)
                 .bind(after)
                 .bind(limit)
-                .fetch_all(&self.reads)
+                .fetch_all(pool)
                 .await?
             }
         };
@@ -716,14 +772,19 @@ pub async fn create(url: &str) -> Result<bool, DbError> {
     Ok(true)
 }
 
-/// Removes the database file and its WAL companions; false when there was
-/// no file.
+/// Removes the database file, its WAL companions and its serve lock; false
+/// when there was no file. Refused while a server holds the lock.
 pub fn drop(url: &str) -> Result<bool, DbError> {
     let Some(path) = file(url)? else {
         return Ok(false);
     };
     let existed = path.exists();
-    for suffix in ["", "-wal", "-shm", "-journal"] {
+    let _held = if existed {
+        Some(ServeLock::acquire(&path)?)
+    } else {
+        None
+    };
+    for suffix in ["", "-wal", "-shm", "-journal", serve_lock::SUFFIX] {
         let mut name = path.clone().into_os_string();
         name.push(suffix);
         match std::fs::remove_file(Path::new(&name)) {
