@@ -338,8 +338,8 @@ def main():
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
     parser.add_argument("--cycles", type=int, default=2, help="restarts of each replica (default 2)")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--shutdown-delay", default="2s",
-                        help="SKIFF_SHUTDOWN_DELAY of the replicas (default 2s)")
+    parser.add_argument("--shutdown-delay", default="5s",
+                        help="SKIFF_SHUTDOWN_DELAY of the replicas (default 5s, as deploy/)")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="skiff-rolling.")
