@@ -73,7 +73,10 @@ RUN find src build.rs -type f -exec touch {} + \
 FROM scratch
 ARG VERSION=0.1.0
 ARG REVISION=""
-ARG SOURCE=https://example.invalid/skiff
+# The repository URL for the `source` label: set it when you build, e.g.
+# `--build-arg SOURCE="$(git remote get-url origin)"`; empty by default
+# rather than a made-up address.
+ARG SOURCE=""
 # /skiff, /etc/passwd, /etc/group (root and nobody) and /data owned by nobody.
 COPY --from=build /rootfs/ /
 USER 65534:65534

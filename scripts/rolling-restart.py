@@ -8,6 +8,14 @@ the next one is restarted only once the previous one is ready again. Passes
 when every request of the load got a 2xx, every replica exited 0, and every
 acknowledged user reads back afterwards as it was answered.
 
+nginx does not retry (`proxy_next_upstream off`): a request sent to a
+replica that refuses it fails. The replicas run with SKIFF_SHUTDOWN_DELAY,
+and the script plays the part of Kubernetes: on SIGTERM the replica's
+/readyz turns 503, the script takes it out of nginx's upstream (a reload,
+as an endpoint update would), and the replica goes on serving whatever
+still reaches it until the delay is over; once started again and ready, it
+is put back.
+
 Standard library only. Every process it starts is stopped on the way out.
 """
 
@@ -59,8 +67,9 @@ def wait_until(what, condition, timeout=30.0, alive=None):
 
 
 class Replica:
-    def __init__(self, name, binary, database_url, workdir):
+    def __init__(self, name, binary, database_url, workdir, shutdown_delay):
         self.name, self.binary, self.database_url = name, binary, database_url
+        self.shutdown_delay = shutdown_delay
         self.log_path = os.path.join(workdir, f"{name}.log")
         self.port = None
         self.process = None
@@ -74,6 +83,7 @@ class Replica:
             "SKIFF_LOG": "info",
             "SKIFF_LOG_FORMAT": "json",
             "SKIFF_SHUTDOWN_GRACE": "10s",
+            "SKIFF_SHUTDOWN_DELAY": self.shutdown_delay,
         }
         # The first start picks a free port; restarts reuse it (nginx knows it).
         for _ in range(5):
@@ -102,9 +112,15 @@ class Replica:
             return
         raise SystemExit(f"rolling-restart: FAIL: {self.name} did not start")
 
-    def stop(self):
-        """SIGTERM, then the exit code (which must be 0)."""
+    def terminate(self):
+        """SIGTERM; returns once /readyz says the replica is going away."""
         self.process.send_signal(signal.SIGTERM)
+        wait_until(f"{self.name}'s /readyz to answer 503",
+                   lambda: get(self.port, "/readyz")[0] == 503,
+                   alive=lambda: self.process.poll() is None)
+
+    def wait_exit(self):
+        """The exit code after SIGTERM, which must be 0."""
         try:
             code = self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -121,7 +137,9 @@ class Replica:
 
 NGINX_CONF = """\
 daemon off;
-master_process off;
+# A master process, for reloads (the upstream changes as replicas come and go).
+master_process on;
+worker_processes 2;
 pid {workdir}/nginx.pid;
 error_log {workdir}/nginx-error.log warn;
 events {{ worker_connections 1024; }}
@@ -133,8 +151,7 @@ http {{
     uwsgi_temp_path {workdir}/uwsgi;
     scgi_temp_path {workdir}/scgi;
     upstream skiff {{
-        server 127.0.0.1:{port_a} max_fails=1 fail_timeout=1s;
-        server 127.0.0.1:{port_b} max_fails=1 fail_timeout=1s;
+{servers}
         keepalive 32;
     }}
     server {{
@@ -143,12 +160,11 @@ http {{
             proxy_pass http://skiff;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            # A replica that is stopping refuses connections, closes idle
-            # keep-alive ones, or answers 503 (not ready): none of these ran
-            # the request, so it is safe to send it, POST included, to the
-            # other one.
-            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
-            proxy_next_upstream_tries 3;
+            # No retries: a request nginx sends to a replica must be
+            # answered by it. A stopping replica is taken out of the
+            # upstream (a reload) during its SKIFF_SHUTDOWN_DELAY, while it
+            # still serves.
+            proxy_next_upstream off;
             proxy_connect_timeout 1s;
             proxy_read_timeout 30s;
             add_header X-Upstream $upstream_addr always;
@@ -156,6 +172,68 @@ http {{
     }}
 }}
 """
+
+
+class Nginx:
+    """nginx in the foreground, its upstream the replicas in rotation."""
+
+    def __init__(self, workdir, port):
+        self.workdir, self.port = workdir, port
+        self.conf = os.path.join(workdir, "nginx.conf")
+        self.process = None
+
+    def write(self, replicas):
+        servers = "\n".join(f"        server 127.0.0.1:{r.port};" for r in replicas)
+        with open(self.conf, "w") as f:
+            f.write(NGINX_CONF.format(workdir=self.workdir, port=self.port, servers=servers))
+
+    def start(self, replicas):
+        self.write(replicas)
+        self.process = subprocess.Popen(["nginx", "-p", self.workdir, "-c", self.conf, "-e",
+                                         os.path.join(self.workdir, "nginx-error.log")])
+        wait_until("nginx", lambda: get(self.port, "/hello")[0] == 200,
+                   alive=lambda: self.process.poll() is None)
+
+    def upstream_of(self):
+        """The replica port that answered a GET /hello on a new connection."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", "/hello", headers={"Connection": "close"})
+            r = conn.getresponse()
+            r.read()
+            return r.getheader("x-upstream", "")
+        except OSError:
+            return ""
+        finally:
+            conn.close()
+
+    def route_to(self, replicas, added=None, removed=None):
+        """Reloads with `replicas` as the upstream, and returns once the new
+        workers answer: a request served by `added`, or twenty in a row not
+        served by `removed`."""
+        self.write(replicas)
+        self.process.send_signal(signal.SIGHUP)
+        alive = lambda: self.process.poll() is None
+        if added is not None:
+            wait_until(f"nginx to route to {added.name}",
+                       lambda: self.upstream_of().endswith(f":{added.port}"), alive=alive)
+        if removed is not None:
+            streak = [0]
+
+            def clear():
+                upstream = self.upstream_of()
+                streak[0] = 0 if (not upstream or upstream.endswith(f":{removed.port}")) else streak[0] + 1
+                return streak[0] >= 20
+            wait_until(f"nginx to stop routing to {removed.name}", clear, alive=alive)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 class Load:
@@ -193,7 +271,13 @@ class Load:
                 self.failures.append(f"{what}: {status} {error or ''} via {upstream}")
 
     def request(self, conn, method, path, body=None):
-        headers = {"content-type": "application/json"} if body is not None else {}
+        # A new connection to nginx per request. A reload makes nginx's old
+        # workers close their idle keep-alive client connections, and a
+        # client that sent its next request at that instant sees it fail:
+        # nginx's race, not skiff's (nginx to skiff keeps its keep-alive).
+        headers = {"Connection": "close"}
+        if body is not None:
+            headers["content-type"] = "application/json"
         conn.request(method, path, body=body, headers=headers)
         r = conn.getresponse()
         return r.status, r.read(), r.getheader("x-upstream", "")
@@ -254,25 +338,26 @@ def main():
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
     parser.add_argument("--cycles", type=int, default=2, help="restarts of each replica (default 2)")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--shutdown-delay", default="5s",
+                        help="SKIFF_SHUTDOWN_DELAY of the replicas (default 5s, as deploy/)")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="skiff-rolling.")
-    replicas = [Replica(n, args.binary, args.database_url, workdir) for n in ("a", "b")]
+    # nginx's workers (nobody, when run as root) reach their temp paths here.
+    os.chmod(workdir, 0o755)
+    replicas = [Replica(n, args.binary, args.database_url, workdir, args.shutdown_delay)
+                for n in ("a", "b")]
     nginx = None
     load = None
     try:
         for r in replicas:
             r.start()
         port = free_port()
-        conf = os.path.join(workdir, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(workdir=workdir, port=port,
-                                      port_a=replicas[0].port, port_b=replicas[1].port))
-        nginx = subprocess.Popen(["nginx", "-p", workdir, "-c", conf, "-e",
-                                  os.path.join(workdir, "nginx-error.log")])
-        wait_until("nginx", lambda: get(port, "/hello")[0] == 200, alive=lambda: nginx.poll() is None)
-        log(f"replicas on {replicas[0].port} and {replicas[1].port}, nginx on {port}, "
-            f"{args.clients} clients for {args.duration:.0f} s")
+        nginx = Nginx(workdir, port)
+        nginx.start(replicas)
+        log(f"replicas on {replicas[0].port} and {replicas[1].port}, nginx on {port} "
+            f"(no retries), {args.clients} clients for {args.duration:.0f} s, "
+            f"shutdown delay {args.shutdown_delay}")
 
         load = Load(port, args.clients)
         started = time.monotonic()
@@ -286,10 +371,16 @@ def main():
             wait_until("the load to move on", lambda: load.count() >= seen + 50
                        and time.monotonic() >= at, timeout=args.duration + 60)
             t = time.monotonic()
-            replica.stop()
+            others = [r for r in replicas if r is not replica]
+            replica.terminate()
+            nginx.route_to(others, removed=replica)
+            out = time.monotonic() - t
+            replica.wait_exit()
             replica.start()
-            log(f"restarted {replica.name} at {t - started:.1f} s: SIGTERM, exit 0, "
-                f"ready again in {time.monotonic() - t:.2f} s; {load.count()} requests so far")
+            nginx.route_to(replicas, added=replica)
+            log(f"restarted {replica.name} at {t - started:.1f} s: SIGTERM, out of nginx in "
+                f"{out:.2f} s, exit 0, back in {time.monotonic() - t:.2f} s; "
+                f"{load.count()} requests so far")
         end = started + args.duration
         wait_until("the end of the load", lambda: time.monotonic() >= end, timeout=args.duration + 60)
         load.finish()
@@ -297,14 +388,14 @@ def main():
 
         missing = verify(port, load.acknowledged)
         log(f"{load.requests} requests in {elapsed:.1f} s, {len(load.failures)} not 2xx, "
-            f"{load.retried} retried by nginx on the other replica; "
+            f"{load.retried} retried by nginx on the other replica (retries are off); "
             f"{len(restarts)} restarts; {len(load.acknowledged)} users acknowledged, "
             f"{len(missing)} missing afterwards")
         for failure in load.failures[:20]:
             log(f"  failed: {failure}")
         for m in missing[:20]:
             log(f"  missing: {m}")
-        if load.failures or missing:
+        if load.failures or missing or load.retried:
             log("FAIL")
             return 1
         log("ok: zero failed requests, nothing acknowledged lost")
@@ -312,13 +403,8 @@ def main():
     finally:
         if load is not None:
             load.stop.set()
-        if nginx is not None and nginx.poll() is None:
-            nginx.terminate()
-            try:
-                nginx.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                nginx.kill()
-                nginx.wait()
+        if nginx is not None:
+            nginx.stop()
         for r in replicas:
             r.kill()
         if os.environ.get("KEEP_WORKDIR"):

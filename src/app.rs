@@ -121,8 +121,10 @@ impl App {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, marks
-    /// readiness down and gives in-flight requests the grace period to finish.
+    /// Serves until `shutdown` resolves; then marks readiness down at once,
+    /// goes on accepting and serving new connections for the shutdown delay
+    /// (while load balancers notice), stops accepting, and gives in-flight
+    /// requests the grace period to finish.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -134,6 +136,7 @@ impl App {
         // scripts while the server runs; in place before "listening".
         #[cfg(feature = "lua")]
         let _reloaders = state.lua.spawn_reloaders(state.config.scripts_watch);
+        let delay = state.config.shutdown_delay;
         tracing::info!(
             addr = %listener.local_addr()?,
             version = crate::build::VERSION,
@@ -145,7 +148,14 @@ impl App {
         let signal = async move {
             shutdown.await;
             draining.begin_draining();
-            tracing::info!(grace = ?grace, "shutdown begun: finishing in-flight requests");
+            if !delay.is_zero() {
+                tracing::info!(
+                    delay = ?delay,
+                    "shutdown begun: readiness down, still serving new connections for the delay"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            tracing::info!(grace = ?grace, "no longer accepting connections: finishing in-flight requests");
             let _ = began_tx.send(());
         };
         let limits = crate::server::Limits {

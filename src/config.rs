@@ -66,6 +66,9 @@ pub struct Config {
     pub request_timeout: Duration,
     pub body_limit: usize,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long new connections are still accepted and
+    /// served (with readiness down) before accepting stops.
+    pub shutdown_delay: Duration,
     pub time_zone: jiff::tz::TimeZone,
     /// The IANA name of `time_zone`, as configured.
     pub time_zone_name: String,
@@ -81,6 +84,9 @@ pub struct Config {
     pub scripts_watch: bool,
     pub lua_memory: usize,
     pub lua_timeout: Duration,
+    /// Origins answered with CORS headers (`SKIFF_CORS_ORIGINS`); `None`: no
+    /// CORS headers at all.
+    pub cors_origins: Option<CorsOrigins>,
     pub credentials: Option<Credentials>,
     /// Requests served at once before new ones are shed with `503`
     /// (0: no limit). Health and metrics routes are never shed.
@@ -112,6 +118,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             body_limit: 64 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
             time_zone: jiff::tz::TimeZone::get(DEFAULT_TIME_ZONE)
                 .expect("the bundled tz database has Asia/Tokyo"),
             time_zone_name: DEFAULT_TIME_ZONE.into(),
@@ -124,6 +131,7 @@ impl Default for Config {
             scripts_watch: false,
             lua_memory: 16 * 1024 * 1024,
             lua_timeout: Duration::from_millis(100),
+            cors_origins: None,
             credentials: None,
             max_concurrency: 1024,
             max_connections: 4096,
@@ -163,6 +171,9 @@ pub struct ConfigFlags {
     /// Time in-flight requests get after SIGTERM, e.g. 10s [env: SKIFF_SHUTDOWN_GRACE]
     #[arg(long)]
     pub shutdown_grace: Option<String>,
+    /// Time new connections are still served after SIGTERM, readiness down, e.g. 5s [env: SKIFF_SHUTDOWN_DELAY] [default: 0s]
+    #[arg(long)]
+    pub shutdown_delay: Option<String>,
     /// Default IANA time zone of /time [env: SKIFF_TIME_ZONE]
     #[arg(long)]
     pub time_zone: Option<String>,
@@ -190,6 +201,9 @@ pub struct ConfigFlags {
     /// Time limit (wall clock) of one Lua run, e.g. 100ms [env: SKIFF_LUA_TIMEOUT]
     #[arg(long)]
     pub lua_timeout: Option<String>,
+    /// Comma-separated origins allowed by CORS, e.g. https://app.example.com, or * [env: SKIFF_CORS_ORIGINS] [default: none]
+    #[arg(long)]
+    pub cors_origins: Option<String>,
     /// Requests served at once before shedding with 503; 0 = no limit [env: SKIFF_MAX_CONCURRENCY] [default: 1024]
     #[arg(long)]
     pub max_concurrency: Option<String>,
@@ -298,7 +312,8 @@ impl Config {
         let log_filter = parse_with(
             src.lookup(("log", &f.log), &["SKIFF_LOG", "RUST_LOG"]),
             d.log_filter,
-            "a log filter such as info, debug or skiff=debug,warn",
+            "a log filter: a level (trace, debug, info, warn, error or off) and target=level \
+             pairs, such as info or skiff=debug,warn",
             |v| crate::telemetry::parse_log_filter(v).map(|_| v.to_string()),
         )?;
         let log_format = parse_with(
@@ -333,6 +348,15 @@ impl Config {
                 &["SKIFF_SHUTDOWN_GRACE"],
             ),
             d.shutdown_grace,
+            duration,
+            parse_duration,
+        )?;
+        let shutdown_delay = parse_with(
+            src.lookup(
+                ("shutdown-delay", &f.shutdown_delay),
+                &["SKIFF_SHUTDOWN_DELAY"],
+            ),
+            d.shutdown_delay,
             duration,
             parse_duration,
         )?;
@@ -413,6 +437,13 @@ impl Config {
             duration,
             positive,
         )?;
+        let cors_origins = parse_with(
+            src.lookup(("cors-origins", &f.cors_origins), &["SKIFF_CORS_ORIGINS"]),
+            d.cors_origins,
+            "comma-separated origins such as https://app.example.com,http://localhost:3000 \
+             (scheme, host and optional port; no path), or *",
+            CorsOrigins::parse,
+        )?;
         let max_concurrency = parse_with(
             src.lookup(
                 ("max-concurrency", &f.max_concurrency),
@@ -469,6 +500,7 @@ impl Config {
             request_timeout,
             body_limit,
             shutdown_grace,
+            shutdown_delay,
             time_zone,
             time_zone_name,
             ip_upstream,
@@ -480,6 +512,7 @@ impl Config {
             scripts_watch,
             lua_memory,
             lua_timeout,
+            cors_origins,
             credentials,
             max_concurrency,
             max_connections,
@@ -553,6 +586,77 @@ fn credentials(src: &Sources<'_>) -> Result<Option<Credentials>, ConfigError> {
             expected: "SKIFF_API_USER (or --api-user) to be set as well".into(),
         }),
     }
+}
+
+/// The origins of `SKIFF_CORS_ORIGINS`, each as a browser sends it in
+/// `Origin` (`scheme://host[:port]`, lower case), or any origin (`*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+impl CorsOrigins {
+    /// `None` for a bad list; `Some(None)` for an empty one (no CORS).
+    fn parse(text: &str) -> Option<Option<CorsOrigins>> {
+        if text.is_empty() {
+            return Some(None);
+        }
+        if text == "*" {
+            return Some(Some(CorsOrigins::Any));
+        }
+        let origins = text
+            .split(',')
+            .map(|o| parse_origin(o.trim()))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Some(CorsOrigins::List(origins)))
+    }
+}
+
+/// An origin, serialised as browsers do: `http` or `https`, a host name or
+/// IP address, an optional port; no user info, path, query or fragment.
+fn parse_origin(text: &str) -> Option<String> {
+    let text = text.to_ascii_lowercase();
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))?;
+    let (host, port) = match rest.strip_prefix('[') {
+        // An IPv6 literal: [::1] or [::1]:8080.
+        Some(v6) => {
+            let (addr, after) = v6.split_once(']')?;
+            addr.parse::<std::net::Ipv6Addr>().ok()?;
+            let port = if after.is_empty() {
+                None
+            } else {
+                Some(after.strip_prefix(':')?)
+            };
+            (None, port)
+        }
+        None => match rest.split_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(rest), None),
+        },
+    };
+    if let Some(host) = host {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if host.len() > 253 || !host.split('.').all(label_ok) {
+            return None;
+        }
+    }
+    if let Some(port) = port
+        && (port.is_empty()
+            || !port.chars().all(|c| c.is_ascii_digit())
+            || port.parse::<u16>().ok().filter(|&p| p > 0).is_none())
+    {
+        return None;
+    }
+    Some(text)
 }
 
 /// `url` with the password of its user info (`scheme://user:PASSWORD@host`)
@@ -789,6 +893,57 @@ mod tests {
             e.to_string().contains("mysql://ada:***@db.example/app"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn cors_origins_are_checked_and_kept_as_browsers_send_them() {
+        let origins = |v: &str| load(&ConfigFlags::default(), &[("SKIFF_CORS_ORIGINS", v)]);
+        assert_eq!(origins("").unwrap().cors_origins, None);
+        assert_eq!(
+            load(&ConfigFlags::default(), &[]).unwrap().cors_origins,
+            None
+        );
+        assert_eq!(origins("*").unwrap().cors_origins, Some(CorsOrigins::Any));
+        assert_eq!(
+            origins("https://App.Example.com, http://localhost:3000,http://[::1]:8080")
+                .unwrap()
+                .cors_origins,
+            Some(CorsOrigins::List(vec![
+                "https://app.example.com".into(),
+                "http://localhost:3000".into(),
+                "http://[::1]:8080".into(),
+            ]))
+        );
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "ftp://app.example.com",
+            "https://",
+            "https://app.example.com:0",
+            "https://app.example.com:65536",
+            "https://app.example.com:",
+            "https://user@app.example.com",
+            "https://app example.com",
+            "https://-app.example.com",
+            "https://app..example.com",
+            "https://app.example.com,",
+            "https://a.example,*",
+            "http://[::1",
+            "http://[nope]",
+            "null",
+        ] {
+            let e = origins(bad).unwrap_err();
+            assert_eq!(e.name, "SKIFF_CORS_ORIGINS", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_shutdown_delay_defaults_to_zero() {
+        let c = load(&ConfigFlags::default(), &[]).unwrap();
+        assert_eq!(c.shutdown_delay, Duration::ZERO);
+        let c = load(&ConfigFlags::default(), &[("SKIFF_SHUTDOWN_DELAY", "5s")]).unwrap();
+        assert_eq!(c.shutdown_delay, Duration::from_secs(5));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -54,11 +55,11 @@ pub async fn serve(
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead
                     // of spinning; the listener itself stays usable.
@@ -74,11 +75,15 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(
-            router
-                .clone()
-                .map_request(|request: hyper::Request<Incoming>| request.map(Body::new)),
-        );
+        // The peer address, for the access log (`ConnectInfo`, as axum's
+        // own server would give it).
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |request: hyper::Request<Incoming>| {
+                let mut request = request.map(Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            },
+        ));
         let mut drain = drain_rx.clone();
         tokio::spawn(async move {
             let mut builder = http1::Builder::new();

@@ -37,8 +37,42 @@ pub fn init_logging(config: &Config) {
 /// (`info`, `skiff=debug,warn`). tracing-subscriber's `Targets`, not its
 /// `EnvFilter`: the same syntax for these, without the span and field
 /// directives that brought a regex engine (~0.4 MB of binary) along.
+///
+/// Stricter than `Targets` itself, which takes a bare word for a target to
+/// log at every level: `inf` or `verbose` would then switch every log line
+/// off. Here a bare word must be a level, and a target is written
+/// `target=level`.
 pub fn parse_log_filter(text: &str) -> Option<Targets> {
-    text.parse().ok()
+    let directives: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return None;
+    }
+    let is_level = |l: &str| {
+        ["trace", "debug", "info", "warn", "error", "off"]
+            .iter()
+            .any(|name| l.eq_ignore_ascii_case(name))
+    };
+    let is_target = |t: &str| {
+        !t.is_empty()
+            && t.split("::").all(|part| {
+                !part.is_empty()
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            })
+    };
+    let valid = directives.iter().all(|d| match d.split_once('=') {
+        Some((target, level)) => is_target(target.trim()) && is_level(level.trim()),
+        None => is_level(d),
+    });
+    if !valid {
+        return None;
+    }
+    directives.join(",").parse().ok()
 }
 
 pub const HTTP_REQUESTS: &str = "http_requests_total";
@@ -73,6 +107,8 @@ pub fn metrics() -> PrometheusHandle {
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
             describe();
+            register_at_zero();
+            process_collector().describe();
             metrics::gauge!(
                 "skiff_build_info",
                 "version" => env!("CARGO_PKG_VERSION"),
@@ -95,6 +131,56 @@ pub fn metrics() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Label values of the counters registered at zero, so that each series
+/// exists (at 0) from start-up rather than from its first event: a rate or
+/// an alert on a series that is absent sees nothing. They mirror the values
+/// the code uses (`RunError::kind`, `RunError::limit` in src/lua/, `Refused`
+/// in src/http/users/auth.rs).
+#[cfg(feature = "lua")]
+pub const LUA_ERROR_KINDS: &[&str] = &[
+    "busy",
+    "time",
+    "memory",
+    "script",
+    "no_response",
+    "internal",
+];
+#[cfg(feature = "lua")]
+pub const LUA_LIMITS: &[&str] = &["time", "memory"];
+#[cfg(feature = "users")]
+pub const AUTH_FAILURE_REASONS: &[&str] = &["missing", "malformed", "wrong"];
+
+fn register_at_zero() {
+    metrics::counter!(REQUESTS_SHED).absolute(0);
+    metrics::counter!(CONNECTIONS_REFUSED).absolute(0);
+    #[cfg(feature = "lua")]
+    {
+        for kind in LUA_ERROR_KINDS {
+            metrics::counter!(LUA_ERRORS, "kind" => *kind).absolute(0);
+        }
+        for limit in LUA_LIMITS {
+            metrics::counter!(LUA_LIMIT_HITS, "limit" => *limit).absolute(0);
+        }
+    }
+    #[cfg(feature = "users")]
+    for reason in AUTH_FAILURE_REASONS {
+        metrics::counter!(AUTH_FAILURES, "reason" => *reason).absolute(0);
+    }
+}
+
+/// The standard `process_*` series (resident and virtual memory, CPU
+/// seconds, open and maximum file descriptors, start time, threads), read
+/// from `/proc` by metrics-process.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Updates the `process_*` series; called at each scrape of `/metrics`.
+pub fn collect_process_metrics() {
+    process_collector().collect();
 }
 
 fn describe() {
@@ -144,4 +230,44 @@ fn describe() {
         "skiff_build_info",
         "Build information; the value is always 1"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_log_filter;
+
+    #[test]
+    fn log_filters_are_levels_and_target_level_pairs_only() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "skiff=debug,warn",
+            " info , skiff::access=off ",
+            "tower_http=trace,error",
+            "info,",
+        ] {
+            assert!(parse_log_filter(good).is_some(), "{good:?}");
+        }
+        // A bare word that is no level would be a target at every level,
+        // leaving everything else off: a typo must not silence the logs.
+        for bad in [
+            "",
+            " ",
+            ",",
+            "inf",
+            "verbose",
+            "skiff",
+            "info,skiff",
+            "skiff=loud",
+            "=info",
+            "skiff=",
+            "a b=info",
+            "[span]=info",
+            "skiff[x]=debug",
+            "::=info",
+        ] {
+            assert!(parse_log_filter(bad).is_none(), "{bad:?}");
+        }
+    }
 }

@@ -49,6 +49,15 @@ pub async fn healthz() -> Json<Health> {
         (status = 503, description = "Not ready: the database does not answer, or shutdown has begun", body = Health,
             example = json!({"status":"DOWN","checks":{"database":"DOWN"}}))))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    // Shutdown has begun: no dependency is asked (the answer must come at
+    // once, even when the database is slow), none is reported.
+    if state.is_draining() {
+        let health = Health {
+            status: "DOWN",
+            checks: Some(BTreeMap::new()),
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(health));
+    }
     let checks: BTreeMap<_, _> = [
         #[cfg(feature = "users")]
         (
@@ -58,7 +67,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     ]
     .into_iter()
     .collect();
-    let up = !state.is_draining() && checks.values().all(|c| *c == "UP");
+    let up = checks.values().all(|c| *c == "UP");
     let status = if up {
         StatusCode::OK
     } else {

@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
     responses((status = 200, description = "Prometheus text exposition format", body = String,
         content_type = "text/plain; version=0.0.4")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    crate::telemetry::collect_process_metrics();
     #[cfg(feature = "users")]
     state.db.record_pool_metrics();
     (

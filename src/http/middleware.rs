@@ -4,19 +4,21 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
 
 use crate::app::AppState;
 use crate::error::{Error, Problem};
@@ -114,10 +116,8 @@ pub async fn observe(request: Request, next: Next) -> Response {
     // An `Arc<str>` inside: cloning it copies no text.
     let matched = request.extensions().get::<MatchedPath>().cloned();
     // The access log's own fields, read only when it is on.
-    let logged = tracing::enabled!(target: "skiff::access", tracing::Level::INFO).then(|| {
-        let id = request.headers().get(&REQUEST_ID).cloned();
-        (request.uri().path().to_owned(), id)
-    });
+    let logged = tracing::enabled!(target: "skiff::access", tracing::Level::INFO)
+        .then(|| AccessEntry::from_request(method, &request));
 
     let response = next.run(request).await;
 
@@ -127,23 +127,180 @@ pub async fn observe(request: Request, next: Next) -> Response {
     let (requests, duration) = request_metrics(method, route, status);
     requests.increment(1);
     duration.record(elapsed.as_secs_f64());
-    if let Some((path, request_id)) = logged {
-        let request_id = request_id
+    let Some(mut entry) = logged else {
+        return response;
+    };
+    entry.route = matched;
+    entry.status = status;
+    entry.latency_us = elapsed.as_micros() as u64;
+    // A body of known size (most answers) is logged now with that size; a
+    // streamed one (gzip, a long file) once its last byte has been handed
+    // to the connection, or the client has gone, with the bytes sent.
+    if let Some(bytes) = hyper::body::Body::size_hint(response.body()).exact() {
+        entry.emit(bytes);
+        return response;
+    }
+    response.map(|body| {
+        Body::new(CountedBody {
+            inner: body,
+            sent: 0,
+            entry: Some(Box::new(entry)),
+        })
+    })
+}
+
+/// The fields of one access log line.
+struct AccessEntry {
+    method: &'static str,
+    path: String,
+    route: Option<MatchedPath>,
+    status: u16,
+    latency_us: u64,
+    request_id: Option<HeaderValue>,
+    client: Option<IpAddr>,
+    user_agent: Option<HeaderValue>,
+    traceparent: Option<HeaderValue>,
+}
+
+/// User agents are cut to this many bytes in the log.
+const MAX_LOGGED_USER_AGENT: usize = 256;
+
+impl AccessEntry {
+    fn from_request(method: &'static str, request: &Request) -> Self {
+        let headers = request.headers();
+        // Header values are reference-counted: these clones copy no bytes.
+        let only = |name| {
+            let mut values = headers.get_all(name).iter();
+            match (values.next(), values.next()) {
+                (Some(v), None) => Some(v.clone()),
+                _ => None,
+            }
+        };
+        AccessEntry {
+            method,
+            path: request.uri().path().to_owned(),
+            route: None,
+            status: 0,
+            latency_us: 0,
+            request_id: headers.get(&REQUEST_ID).cloned(),
+            client: request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+            user_agent: headers.get(header::USER_AGENT).cloned(),
+            traceparent: only(TRACEPARENT),
+        }
+    }
+
+    /// Writes the line, `bytes` being the size of the response body.
+    fn emit(&self, bytes: u64) {
+        let request_id = self
+            .request_id
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
+        // `to_str` admits visible ASCII only, so any cut is a char boundary.
+        let user_agent = self
+            .user_agent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| &ua[..ua.len().min(MAX_LOGGED_USER_AGENT)]);
+        let trace_id = self.traceparent.as_ref().and_then(trace_id);
         tracing::info!(
             target: "skiff::access",
-            method,
-            path,
-            route,
-            status,
-            latency_us = elapsed.as_micros() as u64,
+            method = self.method,
+            path = self.path,
+            route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str),
+            status = self.status,
+            latency_us = self.latency_us,
+            bytes,
+            client_addr = self.client.as_ref().map(tracing::field::display),
+            user_agent,
             request_id,
+            trace_id,
             "request"
         );
     }
-    response
+}
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The trace id of a W3C Trace Context `traceparent` header
+/// (`version-traceid-parentid-flags`, lower-case hex), or `None` when the
+/// header is not valid: a version `ff`, an all-zero trace or parent id, a
+/// version-00 header with anything after the flags.
+pub fn trace_id(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    let b = text.as_bytes();
+    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let zero = |s: &[u8]| s.iter().all(|&c| c == b'0');
+    let (version, trace, parent, flags) = (&b[0..2], &b[3..35], &b[36..52], &b[53..55]);
+    let valid = hex(version)
+        && version != b"ff"
+        && hex(trace)
+        && !zero(trace)
+        && hex(parent)
+        && !zero(parent)
+        && hex(flags)
+        // Later versions may add fields after the flags, behind a '-'.
+        && (b.len() == 55 || (version != b"00" && b[55] == b'-'));
+    valid.then(|| &text[3..35])
+}
+
+/// A response body that counts the bytes handed to the connection and
+/// writes the access log line when it ends or is dropped.
+struct CountedBody {
+    inner: Body,
+    sent: u64,
+    entry: Option<Box<AccessEntry>>,
+}
+
+impl CountedBody {
+    fn finish(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            entry.emit(self.sent);
+        }
+    }
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None | Some(Err(_))) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 /// The status label, without formatting for the common ones.
@@ -172,40 +329,64 @@ fn status_label(status: u16) -> SharedString {
     SharedString::const_str(text)
 }
 
-/// Request ids for requests that come without one: UUID-shaped, unique within
-/// the process (a counter through a bijective mix) and unpredictable across
-/// processes (a random seed), without a `getrandom` system call per request.
+/// Longest client `x-request-id` kept (see [`usable_request_id`]).
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Whether a client's `x-request-id` is kept: 1 to 128 characters of
+/// `A-Z a-z 0-9 - _ . : + / =` (UUIDs, hex, base64, ULIDs, dotted ids).
+/// Anything else (control characters, spaces, quotes, non-ASCII, a long
+/// value) is replaced by a fresh id, so it is neither echoed nor logged.
+pub fn usable_request_id(value: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
+}
+
+/// Removes a client's `x-request-id` that is not [usable](usable_request_id)
+/// (or sent more than once), so that a fresh one is made in its place.
+pub fn drop_unusable_request_id<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
+    let headers = request.headers_mut();
+    let usable = {
+        let mut values = headers.get_all(&REQUEST_ID).iter();
+        match (values.next(), values.next()) {
+            (None, _) => return request,
+            (Some(v), None) => usable_request_id(v.as_bytes()),
+            (Some(_), Some(_)) => false,
+        }
+    };
+    if !usable {
+        headers.remove(&REQUEST_ID);
+    }
+    request
+}
+
+/// Request ids for requests that come without a usable one: random UUIDs
+/// (version 4), 122 bits from rand's thread-local generator (ChaCha12,
+/// seeded from the operating system), without a system call per request.
 #[derive(Clone, Copy, Default)]
 pub struct MakeId;
 
 impl MakeRequestId for MakeId {
     fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
-        static SEED: std::sync::LazyLock<(u64, u64)> = std::sync::LazyLock::new(|| {
-            let state = std::collections::hash_map::RandomState::new();
-            (state.hash_one(1u8), state.hash_one(2u8))
-        });
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let (high, low) = *SEED;
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let low = mix(n ^ low);
-        let id = format!(
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            high >> 32,
-            (high >> 16) & 0xffff,
-            high & 0xfff,
-            0x8000 | ((low >> 48) & 0x3fff),
-            low & 0xffff_ffff_ffff,
-        );
-        HeaderValue::from_str(&id).ok().map(RequestId::new)
+        HeaderValue::from_str(&random_uuid())
+            .ok()
+            .map(RequestId::new)
     }
 }
 
-/// splitmix64's finalizer: a bijection on u64, so distinct counters give
-/// distinct ids.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// A random (version 4, RFC 9562) UUID in its hyphenated form.
+pub fn random_uuid() -> String {
+    let bits: u128 = rand::random();
+    let uuid = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        uuid >> 96,
+        (uuid >> 80) & 0xffff,
+        (uuid >> 64) & 0xffff,
+        (uuid >> 48) & 0xffff,
+        uuid & 0xffff_ffff_ffff,
+    )
 }
 
 /// Sheds load: past `SKIFF_MAX_CONCURRENCY` requests in flight, answers
@@ -396,23 +577,99 @@ pub fn panic_to_problem(payload: Box<dyn Any + Send + 'static>) -> Response {
 mod tests {
     use super::*;
 
-    #[test]
-    fn generated_request_ids_are_distinct_and_uuid_shaped() {
+    fn generated_id() -> String {
         let request = axum::http::Request::new(());
-        let ids: std::collections::HashSet<String> = (0..10_000)
-            .map(|_| {
-                let id = MakeId.make_request_id(&request).unwrap();
-                id.header_value().to_str().unwrap().to_owned()
-            })
-            .collect();
+        let id = MakeId.make_request_id(&request).unwrap();
+        id.header_value().to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn generated_request_ids_are_distinct_random_uuid_v4s() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| generated_id()).collect();
         assert_eq!(ids.len(), 10_000);
+        // No two share their first 64 bits (the old ids shared them for the
+        // life of the process): these are random, not a counter behind a
+        // fixed prefix.
+        let prefixes: std::collections::HashSet<&str> = ids.iter().map(|id| &id[..18]).collect();
+        assert_eq!(prefixes.len(), 10_000);
         for id in ids.iter().take(100) {
             let groups: Vec<_> = id.split('-').map(str::len).collect();
             assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
             assert!(
-                id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+                id.chars()
+                    .all(|c| c == '-' || matches!(c, '0'..='9' | 'a'..='f')),
                 "{id}"
             );
+            assert_eq!(&id[14..15], "4", "version 4: {id}");
+            assert!(
+                matches!(&id[19..20], "8" | "9" | "a" | "b"),
+                "RFC variant: {id}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_request_ids_are_kept_only_when_short_and_plain() {
+        for good in [
+            "abc",
+            "0192f0c4-8d3e-7c1a-9b7e-2f1d3c4b5a69",
+            "a.b:c_d+e/f=",
+            &"x".repeat(128),
+        ] {
+            assert!(usable_request_id(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "",
+            &"x".repeat(129),
+            "a b",
+            "a\tb",
+            "a\nb",
+            "a\u{0}b",
+            "\"quoted\"",
+            "a<script>",
+            "caf\u{e9}",
+            "a,b",
+            "a;b",
+        ] {
+            assert!(!usable_request_id(bad.as_bytes()), "{bad:?}");
+        }
+        let mut two = axum::http::Request::new(());
+        two.headers_mut()
+            .append(&REQUEST_ID, HeaderValue::from_static("a"));
+        two.headers_mut()
+            .append(&REQUEST_ID, HeaderValue::from_static("b"));
+        assert!(
+            drop_unusable_request_id(two)
+                .headers()
+                .get(&REQUEST_ID)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        let id = |v: &'static str| trace_id(&HeaderValue::from_static(v)).map(str::to_owned);
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            id(good).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        // A later version may carry more fields.
+        assert!(id("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz").is_some());
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+        ] {
+            assert_eq!(id(bad), None, "{bad:?}");
         }
     }
 }

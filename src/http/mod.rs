@@ -21,19 +21,20 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Extensions, HeaderMap, HeaderName, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::body::Limited;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{DefaultPredicate, Predicate};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::app::AppState;
-use crate::config::Config;
+use crate::config::{Config, CorsOrigins};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -116,10 +117,63 @@ fn layered(routes: Router, config: &Config, app: Option<AppState>) -> Router {
         ))
         .layer(axum::extract::DefaultBodyLimit::disable());
     let ids = ServiceBuilder::new()
+        .map_request(middleware::drop_unusable_request_id)
         .layer(SetRequestIdLayer::new(REQUEST_ID, middleware::MakeId))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID));
+    let routes = routes.layer(inner);
+    // Inside the access log and metrics, so that preflights are logged and
+    // counted too; outside the routes' method dispatch, so that a preflight
+    // `OPTIONS` is answered on every route.
+    let routes = match &config.cors_origins {
+        Some(origins) => routes.layer(cors(origins)),
+        None => routes,
+    };
     routes
-        .layer(inner)
         .layer(axum::middleware::from_fn(middleware::observe))
         .layer(ids)
+}
+
+/// How long a browser may cache a preflight answer.
+const CORS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// CORS for `SKIFF_CORS_ORIGINS`: the methods and request headers the API
+/// uses, and the response headers a client needs to read (`ETag` for
+/// `If-Match`, `Location` of a created user, `Link` to the next page,
+/// `x-request-id`, `Retry-After`). Credentials (cookies) are not allowed:
+/// the API uses none; an `Authorization` header is allowed.
+fn cors(origins: &CorsOrigins) -> CorsLayer {
+    let allow_origin = match origins {
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => AllowOrigin::list(
+            list.iter()
+                .map(|o| HeaderValue::from_str(o).expect("config checked the origin")),
+        ),
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::AUTHORIZATION,
+            REQUEST_ID,
+            HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::LOCATION,
+            header::LINK,
+            REQUEST_ID,
+            header::RETRY_AFTER,
+        ])
+        .max_age(CORS_MAX_AGE)
 }
