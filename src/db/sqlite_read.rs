@@ -167,11 +167,6 @@ impl Readers {
         })
     }
 
-    pub fn ping(&self) -> bool {
-        self.with(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
-            .is_ok()
-    }
-
     /// Connections idle and in use.
     pub fn counts(&self) -> (usize, usize) {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
