@@ -51,6 +51,9 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
+    let router = router.layer(axum::middleware::from_fn(
+        crate::http::middleware::require_host,
+    ));
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut shutdown = pin!(shutdown);

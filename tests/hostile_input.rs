@@ -849,6 +849,71 @@ async fn malformed_requests_get_4xx_or_are_closed_and_the_server_lives_on() {
     assert_no_500(&app).await;
 }
 
+/// Sends `bytes` on a new connection, closes the sending half, and returns
+/// the whole answer: status code, `Content-Type` and body.
+async fn raw_answer(addr: std::net::SocketAddr, bytes: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.expect("connects");
+    stream.write_all(bytes).await.expect("sends");
+    let _ = stream.shutdown().await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed within 10 s")
+        .expect("reads");
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("a whole head: {:?}", String::from_utf8_lossy(&answer)));
+    let head = String::from_utf8_lossy(&answer[..end]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    let content_type = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map(|(_, value)| value.trim().to_owned())
+        .unwrap_or_default();
+    (status, content_type, answer[end + 4..].to_vec())
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any request with
+/// two, is a `400` problem; HTTP/1.0 may leave `Host` out.
+#[tokio::test]
+async fn a_missing_or_repeated_host_header_is_400() {
+    let app = common::spawn().await;
+    let bad: &[&[u8]] = &[
+        b"GET /hello HTTP/1.1\r\n\r\n",
+        b"GET http://x/hello HTTP/1.1\r\n\r\n",
+        b"GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /hello HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+        b"GET /hello HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nhOST: b\r\n\r\n",
+        b"GET /hello HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /no-such-route HTTP/1.1\r\n\r\n",
+        b"POST /users HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    ];
+    for case in bad {
+        let (status, content_type, body) = raw_answer(app.addr, case).await;
+        let shown = String::from_utf8_lossy(case);
+        assert_eq!(status, 400, "{shown:?}");
+        assert_eq!(content_type, "application/problem+json", "{shown:?}");
+        let problem: Value = serde_json::from_slice(&body).expect("a JSON body");
+        assert_eq!(problem["status"], 400, "{shown:?}");
+    }
+    let good: &[&[u8]] = &[
+        b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"GET /hello HTTP/1.0\r\n\r\n",
+        b"GET /hello HTTP/1.0\r\nHost: x\r\n\r\n",
+    ];
+    for case in good {
+        let (status, _, _) = raw_answer(app.addr, case).await;
+        assert_eq!(status, 200, "{:?}", String::from_utf8_lossy(case));
+    }
+}
+
 /// A client that sends its body too slowly is answered (`503`, as any
 /// request past the timeout) and cut off at the request timeout, while
 /// everyone else is served.

@@ -155,6 +155,82 @@ async fn a_slow_head_on_a_kept_alive_connection_is_cut_off() {
     assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
 }
 
+/// Sends `request` on a new connection and asserts that the answer is a
+/// `431` problem and that the server then closes the connection.
+async fn assert_431_problem(addr: std::net::SocketAddr, request: &[u8]) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(request).await;
+    let answer = read_to_close(&mut stream).await;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole answer");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 431 "), "{head}");
+    assert!(
+        head.contains("\r\ncontent-type: application/problem+json"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    let length: usize = head
+        .split_once("\r\ncontent-length: ")
+        .and_then(|(_, rest)| rest.lines().next()?.parse().ok())
+        .expect("a content-length");
+    assert_eq!(body.len(), length, "the body is whole and nothing follows");
+    let problem: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(problem["status"], 431);
+    assert_eq!(problem["type"], "about:blank");
+    assert!(problem["detail"].as_str().unwrap().contains("32 KiB"));
+}
+
+/// hyper's own `431` has no body; every error of the contract is a problem.
+#[tokio::test]
+async fn oversized_heads_get_a_431_problem_and_the_connection_closes() {
+    let app = common::spawn().await;
+    // One field just over the 32 KiB head limit, one far over it.
+    for size in [32 * 1024, 60 * 1024] {
+        let big = "x".repeat(size);
+        let request = format!("GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+        assert_431_problem(app.addr, request.as_bytes()).await;
+    }
+    // A head that never ends but keeps growing.
+    let request = format!(
+        "GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {}",
+        "x".repeat(40 * 1024)
+    );
+    assert_431_problem(app.addr, request.as_bytes()).await;
+    // More than 100 small fields, and many fields as a POST with a body.
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let request = format!("GET /hello HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    assert_431_problem(app.addr, request.as_bytes()).await;
+    let request = format!(
+        "POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: 2\r\n{many}\r\n{{}}"
+    );
+    assert_431_problem(app.addr, request.as_bytes()).await;
+    // The second request of a kept-alive connection.
+    let request = format!(
+        "GET /hello HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n{many}\r\n"
+    );
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = String::from_utf8_lossy(&read_to_close(&mut stream).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let second = &answer[answer.find("HTTP/1.1 431 ").expect("a 431 second")..];
+    assert!(second.contains("application/problem+json"), "{second}");
+
+    // Heads within the limits are served as before.
+    // 97 fields with Host, Connection and X-Big: 100 fields, the most.
+    let fields: String = (0..97).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let request = format!(
+        "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n{fields}\r\n",
+        "x".repeat(24 * 1024)
+    );
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let status = status_of(&read_to_close(&mut stream).await);
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(app.get("/hello").await.status(), 200);
+}
+
 #[tokio::test]
 async fn oversized_request_heads_get_431_and_the_server_lives_on() {
     let app = common::spawn().await;

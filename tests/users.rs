@@ -19,6 +19,7 @@ both_backends!(
     defaults_apply_and_read_only_fields_are_ignored,
     get_with_a_matching_if_none_match_is_304,
     unknown_and_malformed_ids_are_404,
+    other_spellings_of_an_id_are_not_the_user,
     malformed_bodies_are_400_naming_the_fields,
     invalid_values_are_422_naming_the_fields,
     lengths_count_characters_up_to_the_limits,
@@ -166,6 +167,49 @@ async fn unknown_and_malformed_ids_are_404(db: &TestDb) {
         let r = app.client.delete(app.url(&path)).send().await.unwrap();
         assert_problem(r, 404).await;
     }
+}
+
+/// The uuid crate also reads an id upper-cased, braced, as a URN and without
+/// hyphens; only the form the server writes names the user, so each user has
+/// one URL. Other spellings are malformed ids: 404, and 400 as a cursor.
+async fn other_spellings_of_an_id_are_not_the_user(db: &TestDb) {
+    let app = db.spawn().await;
+    let created = create(&app, "a@example.com").await;
+    let id = created.id();
+    let later = create(&app, "b@example.com").await;
+    let spellings = [
+        id.to_uppercase(),
+        format!("%7B{id}%7D"),
+        format!("urn:uuid:{id}"),
+        id.replace('-', ""),
+    ];
+    for other in &spellings {
+        let path = format!("/users/{other}");
+        assert_problem(app.get(&path).await, 404).await;
+        assert_problem(app.get(&format!("/?id={other}")).await, 404).await;
+        let r = put(&app, other, json!({"email":"c@example.com"})).await;
+        assert_problem(r, 404).await;
+        let r = patch(&app, other, json!({"surname":"X"})).await;
+        assert_problem(r, 404).await;
+        let r = app.client.delete(app.url(&path)).send().await.unwrap();
+        assert_problem(r, 404).await;
+        let r = app.client.delete(app.url(&format!("/?id={other}")));
+        assert_problem(r.send().await.unwrap(), 404).await;
+        let problem = assert_problem(app.get(&format!("/users?after={other}")).await, 400).await;
+        assert_eq!(fields(&problem), ["after"], "{other}");
+    }
+    // The canonical spelling still names the user, untouched by the above.
+    let (status, etag, user) = fetch(&app, id).await;
+    assert_eq!(
+        (status, etag.as_deref()),
+        (200, Some(created.etag.as_str()))
+    );
+    assert_eq!(user, created.user);
+    assert_eq!(app.get(&format!("/?id={id}")).await.status(), 200);
+    let r = app.get(&format!("/users?after={id}")).await;
+    assert_eq!(r.status(), 200);
+    let page: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(page, [later.user]);
 }
 
 /// The `errors[].field` values of a problem.

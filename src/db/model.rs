@@ -28,9 +28,13 @@ impl UserId {
         Self(Uuid::now_v7())
     }
 
-    /// Parses the textual form of a UUID; `None` when malformed.
+    /// Parses the canonical textual form of a UUID (lower-case hyphenated
+    /// 8-4-4-4-12, as [`Display`](fmt::Display) writes it); `None` for any
+    /// other spelling, so that one user has one URL.
     pub fn parse(text: &str) -> Option<Self> {
-        Uuid::try_parse(text).ok().map(Self)
+        let id = Uuid::try_parse(text).ok()?;
+        let mut buf = Uuid::encode_buffer();
+        (id.hyphenated().encode_lower(&mut buf) == text).then_some(Self(id))
     }
 
     pub fn from_uuid(uuid: Uuid) -> Self {
@@ -433,6 +437,16 @@ mod tests {
         assert!(UserId::MIN < a);
         assert_eq!(UserId::parse(&a.to_string()), Some(a));
         assert_eq!(UserId::parse("nope"), None);
+        let text = "0192f0c4-8d3e-7c1a-9b7e-2f1d3c4b5a69";
+        assert!(UserId::parse(text).is_some());
+        for other in [
+            "0192F0C4-8D3E-7C1A-9B7E-2F1D3C4B5A69",
+            "{0192f0c4-8d3e-7c1a-9b7e-2f1d3c4b5a69}",
+            "urn:uuid:0192f0c4-8d3e-7c1a-9b7e-2f1d3c4b5a69",
+            "0192f0c48d3e7c1a9b7e2f1d3c4b5a69",
+        ] {
+            assert_eq!(UserId::parse(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -409,6 +409,22 @@ pub async fn shed_load(
     }
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any request with
+/// more than one, is `400`. HTTP/1.0 may leave `Host` out. Applied to
+/// requests read from a socket (`server::serve`), not to the router itself,
+/// so requests built in-process need not name a host.
+pub async fn require_host(request: Request, next: Next) -> Response {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    let required = request.version() == axum::http::Version::HTTP_11;
+    match hosts {
+        0 if required => {
+            Error::bad_request("an HTTP/1.1 request needs a Host header").into_response()
+        }
+        0 | 1 => next.run(request).await,
+        _ => Error::bad_request("a request may have only one Host header").into_response(),
+    }
+}
+
 /// What [`read_body`] needs: `SKIFF_BODY_TIMEOUT`, `SKIFF_REQUEST_TIMEOUT`
 /// and the application (when serving it; to know its Lua scripts).
 #[derive(Clone)]

@@ -15,6 +15,14 @@
 //! `send_timeout`). A stalled reader so pins an answer for that long at
 //! most.
 //!
+//! hyper answers a request head over its limits (`MAX_HEADER_BYTES`, 100
+//! header fields) with a bare `431`, while every error of the contract is
+//! problem+json. This wrapper counts the bytes and lines of each head it
+//! reads; when the head was that large and hyper writes a `431`, it sends a
+//! problem+json `431` with `Connection: close` in its place (hyper closes
+//! the connection after its error answers, and writes them only between
+//! answers, so nothing else is interleaved).
+//!
 //! hyper has a single `header_read_timeout` that starts as soon as it waits
 //! for a head, idle or not, so it would close a keep-alive connection after
 //! the (short) header timeout. This wrapper replaces it: it watches the bytes
@@ -25,11 +33,47 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use super::MAX_HEADER_BYTES;
+use crate::error::{PROBLEM_JSON, Problem};
+
+/// hyper's default cap on header fields in a request head.
+const MAX_HEADERS: usize = 100;
+
+/// The start of hyper's answer to a head over its limits.
+const HYPER_431: &[u8] = b"HTTP/1.1 431 ";
+
+/// What is sent instead of hyper's bare `431`.
+static PROBLEM_431: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    let detail = format!(
+        "the request head is over {} KiB or {MAX_HEADERS} header fields",
+        MAX_HEADER_BYTES / 1024
+    );
+    let body = serde_json::to_string(&Problem::new(status, detail)).expect("a problem serializes");
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {PROBLEM_JSON}\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+});
+
+/// Replacing hyper's `431`: not (`Off`), `Sending` the problem (bytes of it
+/// written so far), or `Sent` (whatever hyper writes after it is dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    Off,
+    Sending(usize),
+    Sent,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -60,6 +104,12 @@ pub struct Deadlines<T> {
     /// Armed when a write blocks, for the send deadline; `None` while
     /// writes go through.
     send_timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes and line feeds read since the current head began: at least
+    /// what hyper's limits count, so hyper's `431` comes only after a head
+    /// found this large, and a handler's `431` after a smaller one is kept.
+    head_bytes: usize,
+    head_lines: usize,
+    replace: Replace,
 }
 
 impl<T> Deadlines<T> {
@@ -76,7 +126,15 @@ impl<T> Deadlines<T> {
             },
             timeouts,
             send_timer: None,
+            head_bytes: 0,
+            head_lines: 0,
+            replace: Replace::Off,
         }
+    }
+
+    /// Whether the current (or last) head was over hyper's limits.
+    fn head_too_large(&self) -> bool {
+        self.head_bytes >= MAX_HEADER_BYTES || self.head_lines > MAX_HEADERS
     }
 
     /// A write made progress (`true`) or would block (`false`). Fails with
@@ -111,8 +169,14 @@ impl<T> Deadlines<T> {
         };
         let deadline = match self.phase {
             Phase::Head { deadline, .. } => deadline,
-            _ => Instant::now() + self.timeouts.header,
+            _ => {
+                self.head_bytes = 0;
+                self.head_lines = 0;
+                Instant::now() + self.timeouts.header
+            }
         };
+        self.head_bytes += bytes.len();
+        self.head_lines += bytes.iter().filter(|&&b| b == b'\n').count();
         self.phase = match scan_for_head_end(seen, bytes) {
             HEAD_END => Phase::Busy,
             seen => Phase::Head { deadline, seen },
@@ -202,12 +266,49 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
     }
 }
 
+impl<T: AsyncWrite + Unpin> Deadlines<T> {
+    /// Whether a write starting with `first` is hyper's `431` for a head
+    /// over its limits, to be replaced (or its rest, after replacing).
+    fn replacing(&mut self, first: &[u8]) -> bool {
+        if self.replace == Replace::Off && self.head_too_large() && first.starts_with(HYPER_431) {
+            self.replace = Replace::Sending(0);
+        }
+        self.replace != Replace::Off
+    }
+
+    /// Sends the problem `431` in place of hyper's write of `len` bytes,
+    /// which is reported as written once the problem is all sent.
+    fn poll_replace(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        while let Replace::Sending(sent) = self.replace {
+            let rest = &PROBLEM_431[sent..];
+            if rest.is_empty() {
+                self.replace = Replace::Sent;
+                break;
+            }
+            let Poll::Ready(written) = Pin::new(&mut self.inner).poll_write(cx, rest) else {
+                self.note_send(false, cx)?;
+                return Poll::Pending;
+            };
+            let written = written?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.note_send(true, cx)?;
+            self.replace = Replace::Sending(sent + written);
+        }
+        Poll::Ready(Ok(len))
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.replacing(buf) {
+            return self.poll_replace(cx, buf.len());
+        }
         let Poll::Ready(written) = Pin::new(&mut self.inner).poll_write(cx, buf) else {
             self.note_send(false, cx)?;
             return Poll::Pending;
@@ -224,6 +325,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+        if self.replacing(first) {
+            let len = bufs.iter().map(|b| b.len()).sum();
+            return self.poll_replace(cx, len);
+        }
         let Poll::Ready(written) = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) else {
             self.note_send(false, cx)?;
             return Poll::Pending;
@@ -258,6 +364,48 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
 #[cfg(test)]
 mod tests {
     use super::scan_for_head_end;
+
+    /// What the peer receives when, after the server read `head`, hyper
+    /// writes `answer`.
+    async fn sent_after(head: &[u8], answer: &[u8]) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let hour = std::time::Duration::from_secs(3600);
+        let timeouts = super::Timeouts {
+            header: hour,
+            idle: hour,
+            send: hour,
+        };
+        let mut server = super::Deadlines::new(server, timeouts);
+        client.write_all(head).await.unwrap();
+        let mut read = vec![0; head.len()];
+        server.read_exact(&mut read).await.unwrap();
+        server.write_all(answer).await.unwrap();
+        server.shutdown().await.unwrap();
+        drop(server);
+        let mut sent = Vec::new();
+        client.read_to_end(&mut sent).await.unwrap();
+        sent
+    }
+
+    #[tokio::test]
+    async fn only_hypers_431_after_a_large_head_is_replaced() {
+        let bare = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
+        // After a small head, a 431 is a handler's answer: left alone.
+        let small = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(sent_after(small, bare).await, bare);
+        // After a head of hyper's limit in bytes or in lines: replaced.
+        let big = format!("GET / HTTP/1.1\r\nX: {}", "x".repeat(32 * 1024));
+        let many = format!("GET / HTTP/1.1\r\n{}", "X: v\r\n".repeat(101));
+        for head in [big, many] {
+            let sent = sent_after(head.as_bytes(), bare).await;
+            assert_eq!(sent, *super::PROBLEM_431);
+        }
+        let text = String::from_utf8(super::PROBLEM_431.clone()).unwrap();
+        let (_, body) = text.split_once("\r\n\r\n").unwrap();
+        let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(problem["status"], 431);
+    }
 
     #[test]
     fn finds_the_end_of_a_head_across_reads() {
