@@ -87,6 +87,37 @@ fn open_error(options: &SqliteConnectOptions, e: sqlx::Error) -> DbError {
     ))
 }
 
+/// Opens `pool` on `options`, waiting up to [`BUSY_TIMEOUT`] while another
+/// process holds the lock. Opening runs pragmas (`journal_mode = WAL` on a
+/// new file takes an exclusive lock) that SQLite can refuse with
+/// `SQLITE_BUSY` at once instead of calling the busy handler: six `skiff
+/// migrate` started together on a new file failed that way.
+async fn open_pool(
+    pool: SqlitePoolOptions,
+    options: &SqliteConnectOptions,
+) -> Result<SqlitePool, DbError> {
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match pool.clone().connect_with(options.clone()).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if is_busy(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(open_error(options, e)),
+        }
+    }
+}
+
+/// `SQLITE_BUSY` (5) or one of its extended codes.
+fn is_busy(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| c & 0xff == 5)
+}
+
 /// What the OS says about opening `path` for writing, when SQLite's own
 /// message ("unable to open database file") does not: a read-only file
 /// system, a missing directory, a permission. Opening for append changes
@@ -159,10 +190,8 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
-            .await
-            .map_err(|e| open_error(&options, e))?;
+            .acquire_timeout(ACQUIRE_TIMEOUT);
+        let writes = open_pool(writes, &options).await?;
         // Once the file is known to open (SQLite's own message names what
         // is wrong with it or its directory), before anything is served.
         let lock = if memory {
@@ -740,12 +769,10 @@ pub async fn admin_pool(url: &str, create: bool) -> Result<SqlitePool, DbError> 
         )));
     }
     let options = options(url)?.create_if_missing(create);
-    SqlitePoolOptions::new()
+    let pool = SqlitePoolOptions::new()
         .max_connections(1)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options.clone())
-        .await
-        .map_err(|e| open_error(&options, e))
+        .acquire_timeout(ACQUIRE_TIMEOUT);
+    open_pool(pool, &options).await
 }
 
 /// The database file of `url` (`None` for an in-memory database).
