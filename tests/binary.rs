@@ -10,21 +10,7 @@ use std::time::Duration;
 #[cfg(feature = "ip")]
 use common::stub::{Behaviour, Stub};
 
-const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
-
-/// A `skiff` command with a clean environment of its own.
-fn skiff(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(SKIFF);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SKIFF_BIND", "127.0.0.1")
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.join("skiff.db").display()),
-        )
-        .current_dir(dir);
-    cmd
-}
+use common::skiff_command as skiff;
 
 /// A running server and the address it announced.
 struct Server {

@@ -3,23 +3,11 @@
 //! a closed stdout ends a command quietly, and a missing scripts directory
 //! is a one-line configuration error.
 
-use std::process::{Command, Output, Stdio};
+mod common;
 
-const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+use std::process::{Output, Stdio};
 
-/// A `skiff` command with a clean environment, run in `dir`.
-fn skiff(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(SKIFF);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SKIFF_BIND", "127.0.0.1")
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.join("skiff.db").display()),
-        )
-        .current_dir(dir);
-    cmd
-}
+use common::skiff_command as skiff;
 
 fn help(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();

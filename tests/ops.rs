@@ -13,21 +13,7 @@ use common::{eventually, eventually_within, metric, spawn, spawn_with, test_conf
 use serde_json::Value;
 use skiff::config::CorsOrigins;
 
-const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
-
-/// A `skiff` command with a clean environment of its own.
-fn skiff(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(SKIFF);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SKIFF_BIND", "127.0.0.1")
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.join("skiff.db").display()),
-        )
-        .current_dir(dir);
-    cmd
-}
+use common::skiff_command as skiff;
 
 /// A running `skiff serve`, the address it announced and every line it
 /// wrote on stdout.

@@ -170,3 +170,18 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// The built `skiff` binary as a command with a clean environment of its
+/// own: loopback, and a SQLite file in `dir` (also its working directory).
+pub fn skiff_command(dir: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SKIFF_BIND", "127.0.0.1")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("skiff.db").display()),
+        )
+        .current_dir(dir);
+    cmd
+}
