@@ -482,7 +482,7 @@ async fn write_loop(
 /// sqlx's `Transaction`: after `SQLITE_FULL` or an I/O error SQLite may
 /// have rolled back by itself, sqlx's own `ROLLBACK` then fails and its
 /// bookkeeping stays "in a transaction" for good, so every later write
-/// failed (found by tests/reliability_sqlite.rs, disk full). SQLite's
+/// failed (found by tests/integration/reliability/sqlite.rs, disk full). SQLite's
 /// advice is an explicit `ROLLBACK` whose failure is ignored.
 async fn run_batch(pool: &SqlitePool, ops: Vec<Op>) -> Result<Vec<Reply>, DbError> {
     let mut conn = pool.acquire().await?;

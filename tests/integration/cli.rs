@@ -1,13 +1,16 @@
 //! The command line as a user meets it: each command's `--help` offers the
 //! flags it uses and only those, every variable of the README has its flag,
 //! a closed stdout ends a command quietly, and a missing scripts directory
-//! is a one-line configuration error.
+//! is a one-line configuration error. `commands` runs each command to its
+//! exit code; `db` runs the admin commands beside a server.
 
-mod common;
+mod commands;
+#[cfg(feature = "users")]
+mod db;
 
 use std::process::{Output, Stdio};
 
-use common::skiff_command as skiff;
+use crate::support::process::skiff_command as skiff;
 
 fn help(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -32,7 +35,7 @@ fn flags_of(help: &str) -> Vec<String> {
 /// `SKIFF_BODY_LIMIT` → `body-limit`, `PORT` → `port`, `SSL_CERT_FILE` →
 /// `ssl-cert-file`. Aliases in parentheses (`or RUST_LOG`) are left out.
 fn readme_flags() -> Vec<String> {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let table = readme
         .split("| variable | default | meaning |")
         .nth(1)

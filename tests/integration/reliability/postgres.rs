@@ -3,20 +3,13 @@
 //! into a `503` problem answered within the request timeout — never a
 //! `500`, never a hang — and the service recovers by itself when the
 //! database comes back, with every acknowledged write still there.
-#![cfg(feature = "users")]
-
-#[path = "common/backends.rs"]
-mod backends;
-#[path = "common/pg_cluster.rs"]
-mod cluster;
-mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::{PgCluster, StopMode};
-use common::{TestApp, spawn_with, test_config};
+use crate::support::pg_cluster::{PgCluster, StopMode};
+use crate::support::{TestApp, spawn_with, test_config};
 use serde_json::{Value, json};
 
 /// What one request of the load got.
@@ -280,7 +273,7 @@ async fn reads_and_lists_are_503_too_while_postgres_is_down() {
     for r in [get, list, patch, delete] {
         let r = r.expect("answered");
         assert!(r.headers().contains_key("retry-after"), "{r:?}");
-        common::assert_problem(r, 503).await;
+        crate::support::assert_problem(r, 503).await;
     }
 
     pg = tokio::task::spawn_blocking(move || {
@@ -289,7 +282,7 @@ async fn reads_and_lists_are_503_too_while_postgres_is_down() {
     })
     .await
     .unwrap();
-    common::eventually_within(
+    crate::support::eventually_within(
         "the user to be readable again",
         Duration::from_secs(20),
         || async { app.get(&path).await.status() == 200 },
@@ -348,7 +341,7 @@ async fn a_write_whose_session_postgres_ends_gets_503_and_is_not_made() {
     assert!(ended);
     let r = write.await.unwrap().expect("the write is answered");
     assert!(r.headers().contains_key("retry-after"), "{r:?}");
-    common::assert_problem(r, 503).await;
+    crate::support::assert_problem(r, 503).await;
     sqlx::query("ROLLBACK").execute(&mut admin).await.unwrap();
 
     // It was not made: the email is still free.
@@ -438,7 +431,7 @@ fn via(url: &str, addr: std::net::SocketAddr) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn garbage_from_the_database_connection_gives_503_and_recovers() {
     let test = "reliability_postgres::garbage_from_the_database_connection";
-    let Some(db) = backends::TestDb::postgres(test).await else {
+    let Some(db) = crate::support::backends::TestDb::postgres(test).await else {
         return;
     };
     let placeholder: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
@@ -462,12 +455,12 @@ async fn garbage_from_the_database_connection_gives_503_and_recovers() {
         app.client.get(app.url("/users")).send()
     );
     for r in [a, b, c] {
-        common::assert_problem(r.unwrap(), 503).await;
+        crate::support::assert_problem(r.unwrap(), 503).await;
     }
     assert_eq!(readiness(&app).await.0, 503);
 
     proxy.turn_friendly();
-    common::eventually("writes to work again", || async {
+    crate::support::eventually("writes to work again", || async {
         post(&format!("{}@example.com", uuid::Uuid::now_v7()))
             .await
             .is_ok_and(|r| r.status() == 201)

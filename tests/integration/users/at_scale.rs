@@ -2,17 +2,11 @@
 //! and cursors across many pages, reads by id and email lookups ignoring
 //! case, each checked against what the creates answered. Correctness only,
 //! no timings (the figures are bench/run scale's).
-#![cfg(feature = "users")]
-
-mod common;
-#[macro_use]
-#[path = "common/backends.rs"]
-mod backends;
 
 use std::collections::HashSet;
 
-use backends::*;
-use common::TestApp;
+use crate::support::TestApp;
+use crate::support::backends::*;
 use serde_json::{Value, json};
 use skiff::db::{Email, Millis, Name, User, UserFields};
 use sqlx::Connection;

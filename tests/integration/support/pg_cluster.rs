@@ -9,7 +9,6 @@
 //! `SKIFF_TEST_REQUIRE_POSTGRES=1`, when it fails.
 //!
 //! Included with `#[path]` by the tests that need it.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

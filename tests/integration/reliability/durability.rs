@@ -1,14 +1,10 @@
 //! Writes are durable when acknowledged: users created through the real
 //! binary on a SQLite file survive a `kill -9` in the middle of a stream of
-//! concurrent writes. (`reliability_crash.rs` repeats this at random
+//! concurrent writes. (`reliability/crash.rs` repeats this at random
 //! moments.)
-#![cfg(feature = "users")]
 
-#[path = "common/backends.rs"]
-mod backends;
-mod common;
-
-use backends::{Server, Writers, assert_durable, skiff};
+use crate::support::crash::{Writers, assert_durable};
+use crate::support::process::{Server, skiff};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_users_survive_kill_9() {

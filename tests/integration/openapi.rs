@@ -102,3 +102,34 @@ fn if_match_is_documented_as_strong_tags_or_a_star() {
         "PUT, PATCH, DELETE /users/{{id}}; PUT, DELETE /?id="
     );
 }
+
+/// `docs/openapi.json` documents the default (full) build.
+#[cfg(all(feature = "ip", feature = "lua", feature = "users", feature = "docs"))]
+#[tokio::test]
+async fn the_committed_openapi_document_is_the_generated_one() {
+    let app = crate::support::spawn().await;
+    let served: serde_json::Value = app.get("/openapi.json").await.json().await.unwrap();
+    assert!(served["openapi"].as_str().unwrap().starts_with("3.1"));
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
+            .expect("docs/openapi.json is committed");
+    assert_eq!(
+        committed,
+        skiff::http::openapi::document_json(),
+        "docs/openapi.json is stale: regenerate it with `cargo run -- openapi > docs/openapi.json`"
+    );
+    let committed: serde_json::Value = serde_json::from_str(&committed).unwrap();
+    assert_eq!(served, committed);
+    for path in [
+        "/",
+        "/hello",
+        "/time",
+        "/healthz",
+        "/readyz",
+        "/health",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(served["paths"][path].is_object(), "{path} is documented");
+    }
+}

@@ -1,11 +1,8 @@
 //! `/docs` over real HTTP: the page, its CSP, and every asset it loads in
 //! each encoding, with ETags and cache headers. The page itself is tried in a
 //! real browser by `scripts/test-browser`.
-#![cfg(feature = "docs")]
 
-mod common;
-
-use common::{TestApp, assert_problem, spawn};
+use crate::support::{TestApp, assert_problem, spawn};
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Client, Url};
 

@@ -8,17 +8,13 @@
 //! `CAP_SYS_ADMIN`; without, the test says loudly it is skipped). The
 //! read-only file is made by running skiff as `nobody` on a file it may not
 //! write (root ignores file modes).
-#![cfg(feature = "users")]
-
-#[path = "common/backends.rs"]
-mod backends;
-mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use backends::{Server, id_of, inspect_sqlite, skiff, skiff_via};
-use common::{TestApp, spawn_with, test_config};
+use crate::support::crash::{id_of, inspect_sqlite};
+use crate::support::process::{Server, skiff, skiff_via};
+use crate::support::{TestApp, spawn_with, test_config};
 use serde_json::{Value, json};
 
 /// A tmpfs of `size` mounted on a temp dir; unmounted on drop.
@@ -154,14 +150,14 @@ async fn a_full_disk_gives_503_loses_nothing_and_recovers_when_space_is_freed() 
     }
     let refused = refused.expect("the disk fills up within 5000 writes");
     assert!(!refused.headers().contains_key("retry-after"));
-    let problem = common::assert_problem(refused, 503).await;
+    let problem = crate::support::assert_problem(refused, 503).await;
     assert!(
         problem["detail"].as_str().unwrap().contains("disk"),
         "the detail says the disk is full: {problem}"
     );
     // It stays refused while the disk is full, and reads go on meanwhile.
     let r = post(&app, &big_user("still-full@example.com")).await;
-    common::assert_problem(r, 503).await;
+    crate::support::assert_problem(r, 503).await;
     let some = &acknowledged[acknowledged.len() / 2];
     let r = app.get(&format!("/users/{}", id_of(some))).await;
     assert_eq!(r.status(), 200);
@@ -270,7 +266,7 @@ async fn a_read_only_database_file_refuses_writes_with_503_and_keeps_serving_rea
         client.delete(server.url(&path)),
     ];
     for write in writes {
-        let problem = common::assert_problem(write.send().await.unwrap(), 503).await;
+        let problem = crate::support::assert_problem(write.send().await.unwrap(), 503).await;
         assert!(
             problem["detail"].as_str().unwrap().contains("read-only"),
             "{problem}"

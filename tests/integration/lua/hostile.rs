@@ -3,18 +3,11 @@
 //! interpreter serves the next request, the process stays up and its
 //! resident memory stays bounded. And script reloads: SIGHUP, a broken set,
 //! the opt-in watch, a ConfigMap-style symlink swap.
-#![cfg(feature = "lua")]
 
-mod common;
-
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually_within, metric};
-
-const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+use crate::support::{eventually_within, metric, process};
 
 /// How long a limit-breaking run may take to answer: many times the
 /// 100 ms limit, for a loaded machine; the tight figures belong in the
@@ -26,8 +19,7 @@ const LIVENESS: Duration = Duration::from_secs(5);
 const RSS_BOUND_KIB: u64 = 320 * 1024;
 
 struct Server {
-    child: Child,
-    addr: String,
+    process: process::Server,
     client: reqwest::Client,
     _dir: tempfile::TempDir,
     scripts: PathBuf,
@@ -44,101 +36,66 @@ impl Server {
     }
 
     fn start_in(dir: tempfile::TempDir, scripts: PathBuf, env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(SKIFF);
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("SKIFF_BIND", "127.0.0.1")
-            .env("PORT", "0")
-            .env("SKIFF_LOG_FORMAT", "json")
-            .env("SKIFF_LOG", "info")
-            .env(
-                "DATABASE_URL",
-                format!("sqlite://{}", dir.path().join("skiff.db").display()),
-            )
-            .env("SKIFF_SCRIPTS_DIR", &scripts)
-            .current_dir(dir.path());
+        let mut cmd = process::skiff_command(dir.path());
+        cmd.env("SKIFF_LOG", "info")
+            .env("SKIFF_SCRIPTS_DIR", &scripts);
         for (name, value) in env {
             cmd.env(name, value);
         }
-        let mut child = cmd
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("skiff starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent && line.contains("skiff listening") {
-                    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                    let _ = tx.send(v["addr"].as_str().unwrap().to_string());
-                    sent = true;
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("skiff logs the address it listens on");
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
         Server {
-            child,
-            addr,
+            process: process::Server::start(cmd),
             client,
             _dir: dir,
             scripts,
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
     async fn get(&self, path: &str) -> (u16, String) {
-        let response = self.client.get(self.url(path)).send().await.unwrap();
+        let url = self.process.url(path);
+        let response = self.client.get(url).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.text().await.unwrap())
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Panics if the process has exited.
-    fn assert_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("skiff exited: {status}");
-        }
-    }
-
-    /// Resident memory in KiB, from /proc.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status")
     }
 
     async fn metric(&self, sample: &str) -> f64 {
         let (_, text) = self.get("/metrics").await;
         metric(&text, sample).unwrap_or_else(|| panic!("no {sample} in /metrics"))
     }
+
+    /// Panics if the process has exited.
+    fn assert_alive(&mut self) {
+        if let Some(status) = self.process.child.try_wait().unwrap() {
+            panic!("skiff exited: {status}");
+        }
+    }
+
+    /// Resident memory in KiB, from /proc.
+    fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// The process underneath: its address and signals.
+impl std::ops::Deref for Server {
+    type Target = process::Server;
+    fn deref(&self) -> &process::Server {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut process::Server {
+        &mut self.process
     }
 }
 

@@ -8,11 +8,6 @@
 //! properties run on SQLite, and on PostgreSQL too under
 //! `scripts/with-postgres`.
 
-#[cfg(feature = "users")]
-#[path = "common/backends.rs"]
-mod backends;
-mod common;
-
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -190,7 +185,7 @@ fn domain_parsers_never_panic_and_accept_only_what_they_promise() {
 
 #[test]
 fn query_strings_get_200_or_a_400_problem() {
-    let (config, dir) = common::test_config();
+    let (config, dir) = crate::support::test_config();
     query_strings_get_200_or_a_400_problem_from(&Target::new(runtime(), config, dir));
 }
 
@@ -246,7 +241,7 @@ fn query_strings_get_200_or_a_400_problem_from(target: &Target) {
 
 #[test]
 fn path_segments_that_name_no_user_or_script_are_404() {
-    let (config, dir) = common::test_config();
+    let (config, dir) = crate::support::test_config();
     let target = Target::new(runtime(), config, dir);
     let segment = prop_oneof![
         prop::collection::vec(any::<u8>(), 1..40).prop_map(|b| encode(&b)),
@@ -321,7 +316,7 @@ fn percent_decode(text: &str) -> Vec<u8> {
 #[cfg(feature = "users")]
 mod users {
     use super::*;
-    use backends::TestDb;
+    use crate::support::backends::TestDb;
 
     const FIELDS: &[&str] = &[
         "email",
@@ -740,7 +735,7 @@ fn deliberate(status_line: &Option<String>) -> bool {
 
 /// No request so far ended in a 500 (the metrics see even those whose
 /// answer the client never read).
-async fn assert_no_500(app: &common::TestApp) {
+async fn assert_no_500(app: &crate::support::TestApp) {
     let metrics = app.get("/metrics").await.text().await.unwrap();
     let bad: Vec<_> = metrics
         .lines()
@@ -755,7 +750,7 @@ Content-Length: 23\r\nIf-Match: \"a\"\r\n\r\n{\"email\":\"a@example.com\"}";
 #[test]
 fn random_bytes_on_the_socket_get_no_5xx_and_the_server_lives_on() {
     let rt = runtime();
-    let app = rt.block_on(common::spawn());
+    let app = rt.block_on(crate::support::spawn());
     let addr = app.addr;
     let garbage = prop_oneof![
         // Random bytes.
@@ -806,7 +801,7 @@ fn random_bytes_on_the_socket_get_no_5xx_and_the_server_lives_on() {
 
 #[tokio::test]
 async fn malformed_requests_get_4xx_or_are_closed_and_the_server_lives_on() {
-    let app = common::spawn().await;
+    let app = crate::support::spawn().await;
     let cases: &[&[u8]] = &[
         b"GET /users/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET /\xc3\x28 HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -883,7 +878,7 @@ async fn raw_answer(addr: std::net::SocketAddr, bytes: &[u8]) -> (u16, String, V
 /// two, is a `400` problem; HTTP/1.0 may leave `Host` out.
 #[tokio::test]
 async fn a_missing_or_repeated_host_header_is_400() {
-    let app = common::spawn().await;
+    let app = crate::support::spawn().await;
     let bad: &[&[u8]] = &[
         b"GET /hello HTTP/1.1\r\n\r\n",
         b"GET http://x/hello HTTP/1.1\r\n\r\n",
@@ -920,9 +915,9 @@ async fn a_missing_or_repeated_host_header_is_400() {
 #[cfg(feature = "users")] // the route that reads a body
 #[tokio::test]
 async fn a_client_too_slow_to_send_its_body_is_cut_off_at_the_request_timeout() {
-    let (mut config, dir) = common::test_config();
+    let (mut config, dir) = crate::support::test_config();
     config.request_timeout = Duration::from_millis(500);
-    let app = common::spawn_with(config, dir).await;
+    let app = crate::support::spawn_with(config, dir).await;
     let mut slow = TcpStream::connect(app.addr).await.unwrap();
     slow.write_all(
         b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\

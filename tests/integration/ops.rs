@@ -1,116 +1,17 @@
 //! What an operator meets: log filter mistakes, the access log's fields (from
 //! the real binary's JSON and text output), request ids a client sends,
-//! CORS, the metrics a fresh process exposes, and the shutdown delay.
+//! CORS, and the shutdown delay.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, eventually_within, metric, spawn, spawn_with, test_config};
 use serde_json::Value;
 use skiff::config::CorsOrigins;
 
-use common::skiff_command as skiff;
-
-/// A running `skiff serve`, the address it announced and every line it
-/// wrote on stdout.
-struct Server {
-    child: Child,
-    addr: String,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    /// Starts `cmd` (with `serve`) on a free port and waits for its
-    /// "listening" line, in either log format.
-    fn start(mut cmd: Command) -> Server {
-        let mut child = cmd
-            .env("PORT", "0")
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("skiff starts");
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let kept = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("skiff listening") {
-                    let addr = match serde_json::from_str::<Value>(&line) {
-                        Ok(v) => v["addr"].as_str().unwrap().to_string(),
-                        Err(_) => line
-                            .split_whitespace()
-                            .find_map(|w| w.strip_prefix("addr="))
-                            .unwrap()
-                            .to_string(),
-                    };
-                    let _ = tx.send(addr);
-                }
-                kept.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("skiff logs the address it listens on");
-        Server { child, addr, lines }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    /// The first log line containing `needle`, waiting for it.
-    async fn line_with(&self, needle: &str) -> String {
-        let mut found = None;
-        eventually(&format!("a log line with {needle:?}"), || {
-            found = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-                .cloned();
-            let done = found.is_some();
-            async move { done }
-        })
-        .await;
-        found.unwrap()
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A client that opens a new connection for every request.
-fn fresh_connections() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(30))
-        .no_gzip()
-        .build()
-        .unwrap()
-}
+use crate::support::process::{Server, skiff_command as skiff};
+use crate::support::{
+    eventually, eventually_within, fresh_connections, spawn, spawn_with, test_config,
+};
 
 fn is_uuid_v4(id: &str) -> bool {
     let groups: Vec<_> = id.split('-').map(str::len).collect();
@@ -328,7 +229,7 @@ async fn unusable_client_request_ids_are_replaced() {
 
 const APP_ORIGIN: &str = "https://app.example.com";
 
-async fn spawn_with_cors() -> common::TestApp {
+async fn spawn_with_cors() -> crate::support::TestApp {
     let (mut config, dir) = test_config();
     config.cors_origins = Some(CorsOrigins::List(vec![
         APP_ORIGIN.into(),
@@ -466,66 +367,6 @@ async fn without_cors_origins_there_are_no_cors_headers_and_options_is_405() {
         .unwrap();
     assert_eq!(r.status(), 405);
     assert!(r.headers().get("access-control-allow-origin").is_none());
-}
-
-// --- metrics ---------------------------------------------------------------------
-
-#[tokio::test]
-async fn a_fresh_server_exposes_process_metrics_and_zeroed_counters() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = skiff(dir.path());
-    cmd.env("SKIFF_LOG_FORMAT", "json");
-    let server = Server::start(cmd);
-    let text = fresh_connections()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for series in [
-        "process_resident_memory_bytes",
-        "process_virtual_memory_bytes",
-        "process_open_fds",
-        "process_max_fds",
-        "process_start_time_seconds",
-        "process_threads",
-    ] {
-        let value = metric(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"));
-        assert!(value > 0.0, "{series} = {value}");
-    }
-    assert!(
-        metric(&text, "process_cpu_seconds_total").is_some(),
-        "{text}"
-    );
-    assert!(
-        text.contains("# TYPE process_cpu_seconds_total counter"),
-        "{text}"
-    );
-    assert_eq!(
-        metric(&text, "skiff_requests_shed_total"),
-        Some(0.0),
-        "{text}"
-    );
-    assert_eq!(metric(&text, "skiff_connections_refused_total"), Some(0.0));
-    #[cfg(feature = "lua")]
-    for kind in [
-        "busy",
-        "time",
-        "memory",
-        "script",
-        "no_response",
-        "internal",
-    ] {
-        let series = format!("skiff_lua_errors_total{{kind=\"{kind}\"}}");
-        assert_eq!(metric(&text, &series), Some(0.0), "{series} in\n{text}");
-    }
-    #[cfg(feature = "users")]
-    for reason in ["missing", "malformed", "wrong"] {
-        let series = format!("skiff_auth_failures_total{{reason=\"{reason}\"}}");
-        assert_eq!(metric(&text, &series), Some(0.0), "{series} in\n{text}");
-    }
 }
 
 // --- the shutdown delay -------------------------------------------------------------

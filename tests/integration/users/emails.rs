@@ -1,14 +1,8 @@
 //! Emails are unique under Unicode case folding (issue 17), on both back
 //! ends, and a database made before that keeps every account when migrated.
-#![cfg(feature = "users")]
 
-mod common;
-#[macro_use]
-#[path = "common/backends.rs"]
-mod backends;
-
-use backends::*;
-use common::{TestApp, assert_problem};
+use crate::support::backends::*;
+use crate::support::{TestApp, assert_problem};
 use serde_json::{Value, json};
 
 both_backends!(

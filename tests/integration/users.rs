@@ -1,16 +1,13 @@
 //! The users API over real HTTP, run against SQLite and PostgreSQL alike:
 //! every rule of the contract's Users section and each error status.
-#![cfg(feature = "users")]
 
-mod common;
-#[macro_use]
-#[path = "common/backends.rs"]
-mod backends;
+mod at_scale;
+mod emails;
 
 use std::collections::HashSet;
 
-use backends::*;
-use common::{TestApp, assert_problem};
+use crate::support::backends::*;
+use crate::support::{TestApp, assert_problem};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -49,7 +46,7 @@ both_backends!(
 );
 
 /// PostgreSQL only: a second server on one SQLite file refuses to start
-/// (tests/db_cli.rs, `a_second_server_on_one_sqlite_file_refuses_to_start`).
+/// (tests/integration/cli/db.rs, `a_second_server_on_one_sqlite_file_refuses_to_start`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_share_one_postgres_database() {
     if let Some(db) = TestDb::postgres("users::two_replicas_share_one_postgres_database").await {
@@ -828,7 +825,10 @@ async fn long_pages_are_streamed_whole_and_in_order(db: &TestDb) {
         while let Some(path) = next {
             let r = app.get(&path).await;
             assert_eq!(r.status(), 200);
-            assert_eq!(common::header(&r, "content-type"), "application/json");
+            assert_eq!(
+                crate::support::header(&r, "content-type"),
+                "application/json"
+            );
             let link = r.headers().get("link").cloned();
             let page = ids_of(&r.json().await.unwrap());
             let last = page.last().expect("no empty page").clone();
@@ -1343,9 +1343,9 @@ async fn two_replicas_share_one_database(db: &TestDb) {
 
 #[tokio::test]
 async fn an_in_memory_sqlite_database_works() {
-    let (mut config, dir) = common::test_config();
+    let (mut config, dir) = crate::support::test_config();
     config.database_url = "sqlite::memory:".into();
-    let app = common::spawn_with(config, dir).await;
+    let app = crate::support::spawn_with(config, dir).await;
     let u = create(&app, "mem@example.com").await;
     assert_eq!(fetch(&app, u.id()).await.0, 200);
     let r = patch(&app, u.id(), json!({"surname":"M"})).await;
@@ -1427,15 +1427,15 @@ async fn the_openapi_document_covers_the_users_api() {
 #[test]
 fn test_database_names_are_swapped_into_server_urls() {
     assert_eq!(
-        backends::with_database("postgres://u:p@127.0.0.1:5432/postgres", "t1"),
+        crate::support::backends::with_database("postgres://u:p@127.0.0.1:5432/postgres", "t1"),
         "postgres://u:p@127.0.0.1:5432/t1"
     );
     assert_eq!(
-        backends::with_database("postgres://u@h:1/postgres?sslmode=disable", "t1"),
+        crate::support::backends::with_database("postgres://u@h:1/postgres?sslmode=disable", "t1"),
         "postgres://u@h:1/t1?sslmode=disable"
     );
     assert_eq!(
-        backends::with_database("postgres://h", "t1"),
+        crate::support::backends::with_database("postgres://h", "t1"),
         "postgres://h/t1"
     );
 }

@@ -1,75 +1,10 @@
 //! The built `skiff` binary as a user runs it: exit codes, the health check
 //! command, and graceful shutdown on SIGTERM.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 #[cfg(feature = "ip")]
-use common::stub::{Behaviour, Stub};
+use crate::support::stub::{Behaviour, Stub};
 
-use common::skiff_command as skiff;
-
-/// A running server and the address it announced.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    /// Starts `skiff serve` on a free port and waits for its "listening" log line.
-    fn start(mut cmd: Command) -> Server {
-        let mut child = cmd
-            .env("PORT", "0")
-            .env("SKIFF_LOG_FORMAT", "json")
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("skiff starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent && line.contains("skiff listening") {
-                    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                    let _ = tx.send(v["addr"].as_str().unwrap().to_string());
-                    sent = true;
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("skiff logs the address it listens on");
-        Server { child, addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait(mut self) -> std::process::ExitStatus {
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::process::{Server, skiff_command as skiff};
 
 #[test]
 fn bad_configuration_exits_2_naming_the_variable() {
@@ -184,7 +119,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
     server.signal("TERM");
     // The listener closes once shutdown begins.
     let url = server.url("/hello");
-    common::eventually("the listener to close", || async {
+    crate::support::eventually("the listener to close", || async {
         reqwest::Client::new().get(&url).send().await.is_err()
     })
     .await;

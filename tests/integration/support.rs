@@ -1,6 +1,16 @@
 //! The test harness: spawns the real app on a random loopback port, with a
 //! fresh SQLite file, and gives a real HTTP client to talk to it.
-#![allow(dead_code)]
+
+#[cfg(feature = "users")]
+#[macro_use]
+pub mod backends;
+#[cfg(feature = "users")]
+pub mod crash;
+#[cfg(feature = "users")]
+pub mod pg_cluster;
+pub mod process;
+#[cfg(feature = "ip")]
+pub mod stub;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +26,7 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
     /// Holds the SQLite file and any scripts until the app is dropped.
+    #[cfg_attr(not(feature = "users"), allow(dead_code))] // read by users tests only
     pub dir: tempfile::TempDir,
 }
 
@@ -137,8 +148,6 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_j
     body
 }
 
-pub mod stub;
-
 /// Polls `condition` every 10 ms until it holds; panics after 10 s.
 pub async fn eventually<F, Fut>(what: &str, condition: F)
 where
@@ -171,17 +180,12 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The built `skiff` binary as a command with a clean environment of its
-/// own: loopback, and a SQLite file in `dir` (also its working directory).
-pub fn skiff_command(dir: &std::path::Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SKIFF_BIND", "127.0.0.1")
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.join("skiff.db").display()),
-        )
-        .current_dir(dir);
-    cmd
+/// A client that opens a new connection for every request.
+pub fn fresh_connections() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .no_gzip()
+        .build()
+        .unwrap()
 }

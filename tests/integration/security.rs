@@ -3,19 +3,12 @@
 //! start-up, auth failures, database errors and shutdown), in error output,
 //! or in `skiff version` / `--help`. Auth failures are logged (without the
 //! credentials) and counted.
-#![cfg(feature = "users")]
-
-#[path = "common/backends.rs"]
-mod backends;
-#[path = "common/pg_cluster.rs"]
-mod cluster;
-mod common;
 
 use std::process::Output;
 
-use backends::{Server, skiff};
+use crate::support::pg_cluster::{PgCluster, StopMode};
+use crate::support::process::{Server, skiff};
 use base64::Engine as _;
-use cluster::{PgCluster, StopMode};
 use serde_json::{Value, json};
 
 /// A value no log would contain by chance.
@@ -99,7 +92,7 @@ async fn credentials_never_reach_the_log_and_refusals_are_logged_and_counted() {
     ];
     for r in refused {
         assert_eq!(r.headers()["www-authenticate"], r#"Basic realm="skiff""#);
-        let problem = common::assert_problem(r, 401).await;
+        let problem = crate::support::assert_problem(r, 401).await;
         assert_hidden("a 401 problem", &problem.to_string(), &[&password, &guess]);
     }
     let metrics = client
@@ -111,7 +104,7 @@ async fn credentials_never_reach_the_log_and_refusals_are_logged_and_counted() {
         .await
         .unwrap();
     let count = |reason: &str| {
-        common::metric(
+        crate::support::metric(
             &metrics,
             &format!("skiff_auth_failures_total{{reason=\"{reason}\"}}"),
         )
@@ -143,7 +136,7 @@ async fn credentials_never_reach_the_log_and_refusals_are_logged_and_counted() {
 fn the_database_password_never_shows_in_error_output() {
     let dir = tempfile::tempdir().unwrap();
     let password = marker("dbpw");
-    let closed = cluster::free_port();
+    let closed = crate::support::pg_cluster::free_port();
     let urls = [
         // Nothing listens there.
         format!("postgres://skiff:{password}@127.0.0.1:{closed}/skiff"),

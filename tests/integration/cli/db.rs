@@ -1,15 +1,10 @@
 //! `skiff migrate` and `skiff db …` through the real binary, on SQLite and
 //! PostgreSQL: concurrent migrators, and the database life cycle.
-#![cfg(feature = "users")]
-
-mod common;
-#[macro_use]
-#[path = "common/backends.rs"]
-mod backends;
 
 use std::process::Output;
 
-use backends::{Server, TestDb, skiff};
+use crate::support::backends::TestDb;
+use crate::support::process::{Server, skiff};
 
 both_backends!(
     several_migrators_at_once_apply_each_migration_once,

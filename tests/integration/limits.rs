@@ -1,11 +1,9 @@
 //! Limits that keep one client from tying up the server: load shedding,
 //! slow request heads, oversized heads, and the connection cap.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{spawn_with, test_config};
+use crate::support::{spawn_with, test_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,7 +29,7 @@ fn status_of(answer: &[u8]) -> String {
 #[cfg(feature = "ip")]
 #[tokio::test]
 async fn past_the_concurrency_limit_requests_are_shed_with_retry_after() {
-    use common::stub::{Behaviour, Stub};
+    use crate::support::stub::{Behaviour, Stub};
     let stub = Stub::start(Behaviour::Gated("203.0.113.1")).await;
     let (mut config, dir) = test_config();
     config.max_concurrency = 2;
@@ -43,19 +41,19 @@ async fn past_the_concurrency_limit_requests_are_shed_with_retry_after() {
         .map(|_| tokio::spawn(app.client.get(app.url("/ip")).send()))
         .collect();
     stub.wait_for_calls(1).await;
-    common::eventually("both slots taken", || async {
+    crate::support::eventually("both slots taken", || async {
         let r = app.get("/hello").await;
         r.status() == 503
     })
     .await;
     let r = app.get("/hello").await;
     assert_eq!(r.headers()["retry-after"], "1");
-    common::assert_problem(r, 503).await;
+    crate::support::assert_problem(r, 503).await;
     // Probes and metrics are never shed.
     assert_eq!(app.get("/healthz").await.status(), 200);
     assert_eq!(app.get("/readyz").await.status(), 200);
     let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(common::metric(&metrics, "skiff_requests_shed_total").unwrap() >= 2.0);
+    assert!(crate::support::metric(&metrics, "skiff_requests_shed_total").unwrap() >= 2.0);
 
     stub.open_gate();
     for request in held {
@@ -117,7 +115,9 @@ async fn hello_on(stream: &mut TcpStream) -> String {
 
 /// An app configured by `change`, and a connection to it that has had one
 /// `200` and stays open.
-async fn kept_alive(change: impl FnOnce(&mut skiff::Config)) -> (common::TestApp, TcpStream) {
+async fn kept_alive(
+    change: impl FnOnce(&mut skiff::Config),
+) -> (crate::support::TestApp, TcpStream) {
     let (mut config, dir) = test_config();
     change(&mut config);
     let app = spawn_with(config, dir).await;
@@ -184,7 +184,7 @@ async fn assert_431_problem(addr: std::net::SocketAddr, request: &[u8]) {
 /// hyper's own `431` has no body; every error of the contract is a problem.
 #[tokio::test]
 async fn oversized_heads_get_a_431_problem_and_the_connection_closes() {
-    let app = common::spawn().await;
+    let app = crate::support::spawn().await;
     // One field just over the 32 KiB head limit, one far over it.
     for size in [32 * 1024, 60 * 1024] {
         let big = "x".repeat(size);
@@ -233,7 +233,7 @@ async fn oversized_heads_get_a_431_problem_and_the_connection_closes() {
 
 #[tokio::test]
 async fn oversized_request_heads_get_431_and_the_server_lives_on() {
-    let app = common::spawn().await;
+    let app = crate::support::spawn().await;
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
     let big = "x".repeat(64 * 1024);
     let request = format!("GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
@@ -264,7 +264,7 @@ async fn connections_past_the_cap_are_closed_at_once() {
     let idle_a = TcpStream::connect(app.addr).await.unwrap();
     let idle_b = TcpStream::connect(app.addr).await.unwrap();
     // A third connection is accepted by the kernel, then closed unanswered.
-    common::eventually("a third connection to be refused", || async {
+    crate::support::eventually("a third connection to be refused", || async {
         let mut third = TcpStream::connect(app.addr).await.unwrap();
         let _ = third
             .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -274,7 +274,7 @@ async fn connections_past_the_cap_are_closed_at_once() {
     .await;
     drop((idle_a, idle_b));
     // Once the idle ones go, there is room again.
-    common::eventually("a slot to free up", || async {
+    crate::support::eventually("a slot to free up", || async {
         let mut s = TcpStream::connect(app.addr).await.unwrap();
         let _ = s
             .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

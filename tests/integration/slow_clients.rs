@@ -1,16 +1,10 @@
 //! Hostile clients over real sockets (issue 17): bodies trickled a byte at
 //! a time, bodies that stop, and readers that stop reading a long answer.
 //! A slow client must cost only itself.
-#![cfg(feature = "users")]
-
-mod common;
-#[macro_use]
-#[path = "common/backends.rs"]
-mod backends;
 
 use std::time::Duration;
 
-use common::{eventually, eventually_within, metric, spawn_with, test_config};
+use crate::support::{eventually, eventually_within, metric, spawn_with, test_config};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -71,7 +65,7 @@ fn trickle(
     })
 }
 
-async fn in_flight(app: &common::TestApp) -> f64 {
+async fn in_flight(app: &crate::support::TestApp) -> f64 {
     let text = app.get("/metrics").await.text().await.unwrap();
     metric(&text, "http_requests_in_flight").unwrap_or(0.0)
 }
@@ -96,7 +90,7 @@ async fn trickled_bodies_hold_no_concurrency_slot() {
         let r = app.get(path).await;
         assert_eq!(r.status(), 200, "{path} while bodies trickle");
     }
-    let r = backends::post(&app, json!({"email":"ada@example.com"})).await;
+    let r = crate::support::backends::post(&app, json!({"email":"ada@example.com"})).await;
     assert_eq!(r.status(), 201);
     for t in tricklers {
         t.abort();
@@ -205,10 +199,10 @@ fn big_user(i: usize) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stalled_readers_of_a_long_list_are_bounded_and_cut_off() {
     const READERS: usize = 200;
-    let db = backends::TestDb::sqlite();
-    let mut cmd = backends::skiff(&db.url, db.dir());
+    let db = crate::support::backends::TestDb::sqlite();
+    let mut cmd = crate::support::process::skiff(&db.url, db.dir());
     cmd.env("SKIFF_SEND_TIMEOUT", "3s");
-    let server = backends::Server::start(cmd);
+    let server = crate::support::process::Server::start(cmd);
     let pid = server.child.id();
     let client = reqwest::Client::new();
     let created = futures_util::future::join_all((0..8).map(|worker| {

@@ -1,15 +1,12 @@
 //! `/ip` against a local stub upstream: success, caching, failures, timeouts,
 //! and one shared upstream call for concurrent misses.
-#![cfg(feature = "ip")]
-
-mod common;
 
 use std::time::Duration;
 
-use common::stub::{Behaviour, Stub};
-use common::{assert_problem, eventually, metric, spawn_with, test_config};
+use crate::support::stub::{Behaviour, Stub};
+use crate::support::{assert_problem, eventually, metric, spawn_with, test_config};
 
-async fn app_with_upstream(stub: &Stub, timeout: Duration) -> common::TestApp {
+async fn app_with_upstream(stub: &Stub, timeout: Duration) -> crate::support::TestApp {
     let (mut config, dir) = test_config();
     config.ip_upstream = stub.url();
     config.ip_timeout = timeout;

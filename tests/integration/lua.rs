@@ -1,14 +1,13 @@
 //! `/lua` and `/lua/{name}` against the real server: the sandbox's escape
 //! matrix, the limits, isolation between requests, the pool under load,
 //! and start-up with good, broken or missing scripts.
-#![cfg(feature = "lua")]
 
-mod common;
+mod hostile;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{TestApp, assert_problem, spawn_with, test_config};
+use crate::support::{TestApp, assert_problem, spawn_with, test_config};
 use reqwest::header::HeaderValue;
 use skiff::{App, Config, ServeOptions};
 
@@ -313,7 +312,7 @@ async fn a_memory_hog_is_a_500() {
 async fn metrics_count_runs_errors_and_limit_hits() {
     // As in a_memory_hog_is_a_500: the hog meets the memory limit first.
     let app = spawn_fixtures_with(|c| c.lua_timeout = Duration::from_secs(2)).await;
-    let metric = |text: &str, sample: &str| common::metric(text, sample).unwrap_or(0.0);
+    let metric = |text: &str, sample: &str| crate::support::metric(text, sample).unwrap_or(0.0);
     let before = text(app.get("/metrics").await).await;
     for path in [
         "/lua/ok",
@@ -399,7 +398,7 @@ async fn the_service_answers_while_every_worker_spins() {
 
     // Wait (polling) until every worker is inside a spin.
     let workers = size.workers;
-    common::eventually("every worker to be inside a spin", || async {
+    crate::support::eventually("every worker to be inside a spin", || async {
         app.state.lua.busy() >= workers
     })
     .await;

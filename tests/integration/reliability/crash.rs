@@ -3,16 +3,12 @@
 //! restart the database passes `PRAGMA integrity_check`, holds every user
 //! whose create was acknowledged (as answered) and none whose delete was.
 //! `SKIFF_CRASH_ROUNDS=100` runs more rounds (a longer run, not in the suite).
-#![cfg(feature = "users")]
-
-#[path = "common/backends.rs"]
-mod backends;
-mod common;
 
 use std::hash::BuildHasher;
 use std::time::Duration;
 
-use backends::{Acknowledged, Server, Writers, assert_durable, skiff};
+use crate::support::crash::{Acknowledged, Writers, assert_durable, id_of};
+use crate::support::process::{Server, skiff};
 
 /// Rounds of the test (`SKIFF_CRASH_ROUNDS` overrides, for longer runs).
 const ROUNDS: usize = 5;
@@ -50,7 +46,7 @@ async fn acknowledged_writes_survive_kill_9_at_random_moments() {
         );
         acknowledged
             .created
-            .retain(|u| !acked.deleted.contains(&backends::id_of(u)));
+            .retain(|u| !acked.deleted.contains(&id_of(u)));
         acknowledged.created.extend(acked.created);
         acknowledged.deleted.extend(acked.deleted);
 
