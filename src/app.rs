@@ -37,7 +37,7 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     draining: AtomicBool,
     #[cfg(feature = "ip")]
-    pub ip: crate::upstream::IpService,
+    pub ip: crate::public_ip::IpService,
     #[cfg(feature = "lua")]
     pub lua: crate::lua::LuaEngine,
     #[cfg(feature = "users")]
@@ -85,7 +85,7 @@ impl App {
     pub async fn build(config: Config, options: ServeOptions) -> Result<App, StartupError> {
         let metrics = crate::telemetry::metrics();
         #[cfg(feature = "ip")]
-        let ip = crate::upstream::IpService::new(&config).map_err(StartupError::Other)?;
+        let ip = crate::public_ip::IpService::new(&config).map_err(StartupError::Other)?;
         #[cfg(feature = "lua")]
         let lua = crate::lua::LuaEngine::start(&config)?;
         #[cfg(feature = "users")]
@@ -139,7 +139,7 @@ impl App {
         let delay = state.config.shutdown_delay;
         tracing::info!(
             addr = %listener.local_addr()?,
-            version = crate::build::VERSION,
+            version = crate::build_info::VERSION,
             "skiff listening"
         );
 

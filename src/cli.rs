@@ -225,13 +225,13 @@ async fn serve(config: Config, options: ServeOptions) -> ExitCode {
 pub fn version_line() -> String {
     format!(
         "skiff {} (commit {}, target {}, features: {})",
-        crate::build::VERSION,
-        crate::build::GIT_COMMIT,
-        crate::build::TARGET,
-        if crate::build::FEATURES.is_empty() {
+        crate::build_info::VERSION,
+        crate::build_info::GIT_COMMIT,
+        crate::build_info::TARGET,
+        if crate::build_info::FEATURES.is_empty() {
             "none".to_string()
         } else {
-            crate::build::FEATURES.join(", ")
+            crate::build_info::FEATURES.join(", ")
         }
     )
 }

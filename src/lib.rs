@@ -5,7 +5,7 @@
 //! resource.
 
 pub mod app;
-pub mod build;
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -19,7 +19,7 @@ pub mod db;
 #[cfg(feature = "lua")]
 pub mod lua;
 #[cfg(feature = "ip")]
-pub mod upstream;
+pub mod public_ip;
 
 pub use app::{App, AppState, ServeOptions};
 pub use config::Config;

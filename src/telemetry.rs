@@ -112,8 +112,8 @@ pub fn metrics() -> PrometheusHandle {
             metrics::gauge!(
                 "skiff_build_info",
                 "version" => env!("CARGO_PKG_VERSION"),
-                "commit" => crate::build::GIT_COMMIT,
-                "target" => crate::build::TARGET,
+                "commit" => crate::build_info::GIT_COMMIT,
+                "target" => crate::build_info::TARGET,
             )
             .set(1.0);
             let upkeep = handle.clone();

@@ -8,7 +8,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::app::AppState;
 use crate::error::{Error, Problem};
-use crate::upstream::UpstreamError;
+use crate::public_ip::UpstreamError;
 
 #[derive(OpenApi)]
 #[openapi(paths(ip), components(schemas(IpAnswer)))]

@@ -30,7 +30,7 @@ struct Base;
 /// The whole document, for the features compiled in.
 pub fn document() -> Document {
     let mut doc = Base::openapi();
-    doc.info.version = crate::build::VERSION.into();
+    doc.info.version = crate::build_info::VERSION.into();
     doc.merge(super::demo::Api::openapi());
     doc.merge(super::time::Api::openapi());
     #[cfg(feature = "ip")]
