@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Row, params};
 
-use super::{DbError, Email, Millis, Name, PageQuery, User, UserId, user_columns};
+use crate::db::{DbError, Email, Millis, Name, PageQuery, User, UserId, user_columns};
 
 pub struct Readers {
     path: PathBuf,

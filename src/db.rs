@@ -12,14 +12,11 @@
 //! row's version (`UPDATE … WHERE id = ? AND version IN (…)`), so the check
 //! and the write are atomic on both back ends.
 
-mod cache;
 pub mod cli;
 mod migrate;
 pub mod model;
-mod postgres;
-mod serve_lock;
-mod sqlite;
-mod sqlite_read;
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
 
 use std::time::Duration;
 
@@ -77,7 +74,7 @@ impl From<sqlx::Error> for DbError {
 }
 
 /// What a database's own error code says about retrying.
-enum Class {
+pub(crate) enum Class {
     /// The server is going away, restarting, overloaded or locked: the
     /// same request may succeed later.
     Unavailable,
@@ -86,33 +83,12 @@ enum Class {
 }
 
 /// Sorts the errors that are about the database's state rather than the
-/// request. A PostgreSQL server that shuts down ends the sessions of
-/// in-flight queries with `57P01`, and one starting up refuses with
-/// `57P03`; SQLite says `SQLITE_FULL` when the disk is full and
-/// `SQLITE_READONLY` when its file or directory cannot be written.
+/// request, by each back end's own codes.
 fn classify(db: &dyn sqlx::error::DatabaseError) -> Option<Class> {
     if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-        let code = pg.code();
-        // 08: connection exception; 53: insufficient resources (53100 is
-        // disk full); 57P0x: shutdown, crash, starting up; 57014: query
-        // cancelled; 25006: a read-only (standby) server.
-        return match code {
-            "53100" => Some(Class::CannotWrite("the database server's disk is full")),
-            "25006" => Some(Class::CannotWrite("the database server is read-only")),
-            _ if code.starts_with("08") || code.starts_with("53") => Some(Class::Unavailable),
-            "57P01" | "57P02" | "57P03" | "57014" => Some(Class::Unavailable),
-            _ => None,
-        };
+        return postgres::errors::classify(pg.code());
     }
-    // SQLite: the primary result code is the low byte of the extended one.
-    let code: i32 = db.code()?.parse().ok()?;
-    match code & 0xff {
-        13 => Some(Class::CannotWrite("the disk holding the database is full")),
-        8 => Some(Class::CannotWrite("the database file is read-only")),
-        // BUSY, LOCKED: another process holds the lock past the timeout.
-        5 | 6 => Some(Class::Unavailable),
-        _ => None,
-    }
+    sqlite::errors::classify(db.code()?.parse().ok()?)
 }
 
 impl From<sqlx::migrate::MigrateError> for DbError {
@@ -364,7 +340,7 @@ macro_rules! user_columns {
          version, created_at, updated_at"
     };
 }
-use user_columns;
+pub(crate) use user_columns;
 
 /// Logs a warning when serving without migrating (`--no-migrate`) on a
 /// database that is behind this binary.

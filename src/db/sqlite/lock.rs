@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use super::DbError;
+use crate::db::DbError;
 
 /// Held while serving; dropping it (or the process ending) releases it.
 #[derive(Debug)]

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{User, UserId};
+use crate::db::{User, UserId};
 
 pub struct UserCache {
     inner: Mutex<Inner>,
