@@ -15,7 +15,8 @@
 
 use mlua::{Function, Lua, LuaString, MultiValue, Table, Value};
 
-use super::sandbox::{Clock, error_message, first_line, is_memory_error, located};
+use super::clock::Clock;
+use super::errors::{error_message, first_line, is_memory_error, located};
 
 const MAXCCALLS: usize = 200;
 const MAXCAPTURES: usize = 32;

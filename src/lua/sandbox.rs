@@ -28,11 +28,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use mlua::{Function, Lua, LuaOptions, LuaString, StdLib, Table, Value, chunk::ChunkMode, ffi};
 
+use super::clock::{Clock, time_limit_hook};
+use super::errors::{error_message, first_line, is_memory_error, located};
 use super::json;
 use super::{LoadError, LuaRequest, LuaResponse, RunError, Scripts, Target};
 
@@ -103,70 +105,6 @@ impl RunState {
             0 => limits.memory,
             ceiling => ceiling.saturating_sub(lua.used_memory()),
         }
-    }
-}
-
-/// The deadline of the run going on in this thread. A Lua state never
-/// leaves the thread that made it and runs one script at a time, so the
-/// C hook finds its run's deadline here.
-pub(super) struct Clock {
-    deadline: Cell<Option<Instant>>,
-    /// Set by the hook once the deadline has passed.
-    expired: Cell<bool>,
-}
-
-thread_local! {
-    static CLOCK: Clock = const {
-        Clock {
-            deadline: Cell::new(None),
-            expired: Cell::new(false),
-        }
-    };
-}
-
-impl Clock {
-    fn start(limit: Duration) {
-        CLOCK.with(|c| {
-            c.expired.set(false);
-            c.deadline.set(Some(Instant::now() + limit));
-        });
-    }
-
-    fn stop() {
-        CLOCK.with(|c| c.deadline.set(None));
-    }
-
-    pub(super) fn expired() -> bool {
-        CLOCK.with(|c| c.expired.get())
-    }
-
-    /// Whether the run may go on; marks it expired once the deadline passed.
-    pub(super) fn on_time() -> bool {
-        CLOCK.with(|c| match c.deadline.get() {
-            Some(deadline) if Instant::now() >= deadline => {
-                c.expired.set(true);
-                false
-            }
-            _ => true,
-        })
-    }
-}
-
-/// The count and call hook: raises "time limit exceeded" once the deadline
-/// passed. Coroutines inherit it from the thread that creates them.
-unsafe extern "C-unwind" fn time_limit_hook(state: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {
-    if Clock::on_time() {
-        return;
-    }
-    // SAFETY: `state` is the running Lua thread. The hook fires only while
-    // Lua code runs or a function is being called; host functions that call
-    // back into Lua (gsub, json) do so through mlua's protected calls, so
-    // lua_error's longjmp crosses no Rust frame but this one, which owns
-    // nothing that needs dropping; the protected call of the run (or a
-    // pcall in the script) catches it.
-    unsafe {
-        ffi::lua_pushliteral(state, c"time limit exceeded");
-        ffi::lua_error(state);
     }
 }
 
@@ -632,55 +570,6 @@ fn text_string(lua: &Lua, value: Value) -> Result<LuaString, &'static str> {
         }
         other => Err(other.type_name()),
     }
-}
-
-/// An error raised by a host function, prefixed with the script position
-/// that called it (`echo.lua:3: …`), as Lua's own `error` does.
-pub(super) fn located(lua: &Lua, message: &str) -> mlua::Error {
-    // The first caller with a line that is not sandbox.lua's own wrapper.
-    let position = (1..32).find_map(|level| {
-        lua.inspect_stack(level, |frame| {
-            let line = frame.current_line()?;
-            let source = frame.source().short_src?.into_owned();
-            (source != "sandbox").then(|| format!("{source}:{line}"))
-        })
-        .flatten()
-    });
-    match position {
-        Some(position) => mlua::Error::runtime(format!("{position}: {message}")),
-        None => mlua::Error::runtime(message),
-    }
-}
-
-/// The error a host function raised, not mlua's wrappers around it.
-fn root_cause(e: &mlua::Error) -> &mlua::Error {
-    match e {
-        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
-            root_cause(cause)
-        }
-        other => other,
-    }
-}
-
-pub(super) fn is_memory_error(e: &mlua::Error) -> bool {
-    matches!(root_cause(e), mlua::Error::MemoryError(_))
-}
-
-/// Lua's message, without mlua's "runtime error: " prefix.
-pub(super) fn error_message(e: &mlua::Error) -> String {
-    match root_cause(e) {
-        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => m.clone(),
-        mlua::Error::SyntaxError { message, .. } => message.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// The message without the stack traceback mlua appends.
-pub(super) fn first_line(message: &str) -> &str {
-    message
-        .split_once("\nstack traceback:")
-        .map_or(message, |(head, _)| head)
-        .trim_end()
 }
 
 fn truncate(text: &str, max_chars: usize) -> String {

@@ -11,6 +11,8 @@
 //! [`LuaEngine`] is what the rest of the service holds: cheap to clone,
 //! `start`ed by `App::build`.
 
+mod clock;
+mod errors;
 mod json;
 mod patterns;
 pub mod pool;
