@@ -11,6 +11,10 @@
 //! Conventions (those of lua-cjson): JSON `null` is `json.null`, arrays are
 //! tables with keys 1..n, an empty table encodes as `{}` unless it came from
 //! decoding `[]`; object keys are sorted, so the output is deterministic.
+//!
+//! Why not mlua's `serialize` feature: it writes a non-UTF-8 string as an
+//! array of numbers and NaN as `null` where this refuses both, and it
+//! collects and sorts each table's pairs on the Rust heap, uncharged.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
