@@ -945,10 +945,6 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     sys.path.insert(0, str(BENCH))
     try:
-        if sys.argv[1:2] == ["scale"]:
-            import scale  # bench/scale.py: reads, lists, lookups, creates vs table size
-
-            sys.exit(scale.main(sys.argv[2:]))
         sys.exit(main(sys.argv[1:]))
     except BenchError as exc:
         log(f"bench failed: {exc}")

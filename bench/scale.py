@@ -355,3 +355,10 @@ def chart(data: dict, servers: list[str], path: Path) -> bool:
     plt.close(fig)
     return True
 
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except h.BenchError as exc:
+        h.log(f"bench failed: {exc}")
+        sys.exit(1)
