@@ -29,6 +29,11 @@
 //! read (for the end of a head) and written (an answer going out), and fails
 //! a read with `TimedOut` once the current phase's deadline has passed,
 //! which makes hyper close the connection.
+//!
+//! Why hand-written: hyper has no idle, body or send timeout for HTTP/1
+//! servers (hyperium/hyper#2355 and #1628, open; the h1 `idle_timeout` of
+//! hyperium/hyper#3743 was closed unmerged). When hyper gains them, the
+//! phases here can go.
 
 use std::future::Future;
 use std::io;
