@@ -5,5 +5,8 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    skiff::cli::run()
+    let code = skiff::cli::run();
+    // Log lines are written in batches: the last ones go out now.
+    skiff::telemetry::flush_logs();
+    code
 }

@@ -11,13 +11,34 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{Config, LogFormat};
 
+mod batched;
+
+pub use batched::BatchedWriter;
+
+/// stdout, batched (see [`batched`]); one per process, made by the first
+/// [`init_logging`].
+static STDOUT: OnceLock<BatchedWriter> = OnceLock::new();
+
+fn stdout() -> &'static BatchedWriter {
+    STDOUT.get_or_init(|| {
+        BatchedWriter::new(std::io::stdout()).expect("can spawn the log writer thread")
+    })
+}
+
+/// Writes out every log line buffered so far. `main` calls it last.
+pub fn flush_logs() {
+    if let Some(stdout) = STDOUT.get() {
+        stdout.flush();
+    }
+}
+
 /// Installs the global log subscriber. Later calls are no-ops (tests build
 /// many apps in one process).
 pub fn init_logging(config: &Config) {
     // `config` has checked that the filter parses.
     let filter = parse_log_filter(&config.log_filter)
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    let output = tracing_subscriber::fmt::layer().with_writer(stdout().clone());
     let logs = tracing_subscriber::registry().with(filter);
     let _ = match config.log_format {
         LogFormat::Json => logs

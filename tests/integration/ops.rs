@@ -178,6 +178,35 @@ async fn the_text_access_log_has_the_same_fields() {
     }
 }
 
+#[tokio::test]
+async fn every_access_line_is_written_before_the_process_exits() {
+    // Lines are written in batches; the ones of the last batch must still
+    // reach stdout when the server stops right after answering.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(skiff(dir.path()));
+    let client = fresh_connections();
+    for i in 0..300 {
+        let r = client
+            .get(server.url("/hello"))
+            .header("x-request-id", format!("ops-batch-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let log = tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+    for i in 0..300 {
+        let id = format!("\"ops-batch-{i}\"");
+        assert_eq!(
+            log.lines().filter(|l| l.contains(&id)).count(),
+            1,
+            "one access line for request {i}"
+        );
+    }
+}
+
 // --- request ids -------------------------------------------------------------
 
 #[tokio::test]

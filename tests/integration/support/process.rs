@@ -145,7 +145,6 @@ impl Server {
 
     /// Sends SIGTERM, waits for the exit (which must be clean), and returns
     /// the whole log.
-    #[cfg(feature = "users")]
     pub fn stop(mut self) -> String {
         self.signal("TERM");
         let status = self.child.wait().expect("skiff exits");
