@@ -147,6 +147,21 @@ def vm_hwm_kib(pids: list[int]) -> int:
     return total
 
 
+def rss_parts_kib(pids: list[int]) -> tuple[int, int]:
+    """Resident memory now: private (RssAnon) and file-backed (RssFile)."""
+    anon = file = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    anon += int(line.split()[1])
+                elif line.startswith("RssFile:"):
+                    file += int(line.split()[1])
+        except OSError:
+            pass
+    return anon, file
+
+
 def cpu_seconds(pids: list[int]) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
@@ -272,29 +287,38 @@ def base_env() -> dict:
 
 
 class Skiff(Server):
-    def __init__(self, name="skiff", label="skiff (SQLite)", postgres=False):
+    """skiff as users run it: the static musl binary the image ships, with
+    its default settings (access log on). `glibc` and `log` make the extra
+    rows that show what each costs."""
+
+    def __init__(self, name="skiff", label="skiff (SQLite)", postgres=False, glibc=False, log=None):
         super().__init__(name, label)
-        self.postgres = postgres
+        self.postgres, self.glibc, self.log = postgres, glibc, log
         if postgres:
             # Debian keeps initdb and pg_ctl off PATH; bench/pg finds them.
             self.needs = {"/usr/bin/pg_ctlcluster": "postgresql", "psql": "postgresql-client"}
 
     def build(self, ctx):
-        if ctx.args.skiff:
+        if ctx.args.skiff and not self.glibc:
             self.binary = ctx.args.skiff.resolve()
-            self.size_bytes = self.binary.stat().st_size
             self.size_what = f"{ctx.args.skiff} (given with --skiff)"
-            self.version = first_line([str(self.binary), "version"])
-            return
-        binary = REPO / "target" / "release" / "skiff"
-        if not ctx.built_skiff:
-            log("building skiff: cargo build --release --locked")
-            run_cmd(["cargo", "build", "--release", "--locked"], cwd=REPO, timeout=3600)
-            ctx.built_skiff = True
-        self.binary = binary
-        self.size_bytes = binary.stat().st_size
-        self.size_what = "target/release/skiff (glibc target, release profile: LTO, stripped)"
-        self.version = first_line([str(binary), "version"])
+        elif self.glibc:
+            self.binary = REPO / "target" / "release" / "skiff"
+            if not ctx.built_glibc:
+                log("building skiff (glibc): cargo build --release --locked")
+                run_cmd(["cargo", "build", "--release", "--locked"], cwd=REPO, timeout=3600)
+                ctx.built_glibc = True
+            self.size_what = "target/release/skiff (glibc target, release profile)"
+        else:
+            if not ctx.built_skiff:
+                log("building skiff: scripts/build-static (the static musl binary the image ships)")
+                out = run_cmd([str(REPO / "scripts" / "build-static")], cwd=REPO, timeout=3600)
+                ctx.static_skiff = Path(out.strip().splitlines()[-1])
+                ctx.built_skiff = True
+            self.binary = ctx.static_skiff
+            self.size_what = "target/static/x86_64/skiff (static musl, release profile: LTO, stripped)"
+        self.size_bytes = self.binary.stat().st_size
+        self.version = first_line([str(self.binary), "version"])
 
     def before_start(self, ctx, workdir):
         if self.postgres:
@@ -307,11 +331,12 @@ class Skiff(Server):
             "PORT": str(port),
             "SKIFF_BIND": "127.0.0.1",
             "DATABASE_URL": db,
-            "SKIFF_LOG": "warn",  # no access log, like every peer here
             "SKIFF_SHUTDOWN_GRACE": "1s",
             "SKIFF_SCRIPTS_DIR": str(workdir / "lua"),
             "SKIFF_IP_UPSTREAM": "http://127.0.0.1:9",  # never called; loopback only
         }
+        if self.log:
+            env["SKIFF_LOG"] = self.log
         return [str(self.binary), "serve"], env
 
 
@@ -410,6 +435,8 @@ SERVERS: dict[str, Server] = {
     for s in [
         Skiff(),
         Skiff("skiff-pg", "skiff (PostgreSQL)", postgres=True),
+        Skiff("skiff-quiet", "skiff, SKIFF_LOG=warn (no access log)", log="warn"),
+        Skiff("skiff-glibc", "skiff, glibc build", glibc=True),
         GoServer("go-nethttp", "Go net/http", "go-nethttp", gopath_mode=False),
         GoServer("gin", "Go gin (in-memory)", "go-gin", gopath_mode=True),
         Express(),
@@ -430,7 +457,12 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
-        Scenario("hello", "GET /hello", ["skiff", "go-nethttp", "gin", "express", "nginx"], "/hello"),
+        Scenario(
+            "hello",
+            "GET /hello",
+            ["skiff", "skiff-quiet", "skiff-glibc", "go-nethttp", "gin", "express", "nginx"],
+            "/hello",
+        ),
         Scenario("time", "GET /time", ["skiff", "gin"], "/time"),
         Scenario("lua", "GET /lua", ["skiff", "nginx"], "/lua"),
         # A hot set: 1,000 users (200 with --quick), all in skiff's read
@@ -463,6 +495,8 @@ class Context:
     startup_reps: int
     seed_users: int
     built_skiff: bool = False
+    built_glibc: bool = False
+    static_skiff: Path | None = None
     pg_dir: Path | None = None
     pg_port: int = 0
     pg_url: str = ""
@@ -674,6 +708,7 @@ def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) 
             log(f"{scenario.name} / {server.name}: skipped ({why})")
             return
         ids = seed_users(ctx, r) if scenario.users in ("get", "mix") else None
+        idle_anon, idle_file = rss_parts_kib(r.pids())
         if ctx.warmup:
             wrk(ctx, scenario, r.port, ctx.warmup, ids)
         pids = r.pids()
@@ -682,6 +717,7 @@ def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) 
         pids = r.pids()
         cpu0, server_cpu = cpu_busy_seconds(SERVER_CPU) - cpu0, cpu_seconds(pids) - server_cpu
         rss = vm_hwm_kib(pids)
+        anon, file = rss_parts_kib(pids)
         if r.proc.poll() is not None:
             raise BenchError(f"{server.name} died during the run:\n{r.log_tail()}")
     finally:
@@ -704,6 +740,10 @@ def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) 
         "max_ms": out["latency_us"]["max"] / 1000,
         "mean_ms": out["latency_us"]["mean"] / 1000,
         "peak_rss_kib": rss,
+        "idle_anon_kib": idle_anon,
+        "idle_file_kib": idle_file,
+        "load_anon_kib": anon,
+        "load_file_kib": file,
         "duration_s": secs,
         "server_cpu_pct": 100 * server_cpu / secs,
         "wrk_cpu_pct": 100 * out["wrk_cpu_s"] / secs,
