@@ -1,6 +1,10 @@
 //! The command line: `serve` (the default), `healthcheck`, `openapi`,
 //! `version`, and with the users feature `migrate` and `db …`.
 
+#[cfg(feature = "users")]
+pub mod db;
+pub mod healthcheck;
+
 use std::io::{ErrorKind, Write};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -78,7 +82,7 @@ pub enum Command {
     #[cfg(feature = "users")]
     Db {
         #[command(subcommand)]
-        command: crate::db::cli::DbCommand,
+        command: db::DbCommand,
         #[command(flatten)]
         flags: DatabaseFlags,
     },
@@ -179,7 +183,7 @@ pub fn run() -> ExitCode {
             Command::Healthcheck { url, timeout, .. } => {
                 let url =
                     url.unwrap_or_else(|| format!("http://127.0.0.1:{}/healthz", config.port));
-                match crate::healthcheck::check(&url, timeout).await {
+                match healthcheck::check(&url, timeout).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("skiff healthcheck: {e}");
@@ -190,16 +194,30 @@ pub fn run() -> ExitCode {
             #[cfg(feature = "users")]
             Command::Migrate(_) => {
                 crate::telemetry::init_logging(&config);
-                crate::db::cli::migrate(&config).await
+                print_or_fail("migrate", db::migrate(&config).await)
             }
             #[cfg(feature = "users")]
             Command::Db { command, .. } => {
                 crate::telemetry::init_logging(&config);
-                crate::db::cli::run(command, &config).await
+                let name = command.name();
+                print_or_fail(name, db::run(command, &config).await)
             }
             Command::Openapi | Command::Version => unreachable!("handled above"),
         }
     })
+}
+
+/// Prints what a command produced (a closed pipe ends it quietly), or its
+/// error on stderr with exit code 1.
+#[cfg(feature = "users")]
+fn print_or_fail(command: &str, result: Result<String, impl std::fmt::Display>) -> ExitCode {
+    match result {
+        Ok(text) => write_stdout(&text),
+        Err(e) => {
+            eprintln!("skiff {command}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn serve(config: Config, options: ServeOptions) -> ExitCode {

@@ -13,12 +13,11 @@
 //! and the write are atomic on both back ends.
 
 mod cache;
-pub mod cli;
 mod migrate;
 pub mod model;
-mod postgres;
+pub(crate) mod postgres;
 mod serve_lock;
-mod sqlite;
+pub(crate) mod sqlite;
 mod sqlite_read;
 
 use std::time::Duration;

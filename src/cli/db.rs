@@ -1,13 +1,12 @@
 //! `skiff migrate` and `skiff db create|drop|status|schema`, for either back
-//! end. Results go to stdout, errors to stderr with exit code 1.
-
-use std::process::ExitCode;
+//! end. Each gives the text for stdout or the error; `cli::run` prints them
+//! (errors on stderr with exit code 1).
 
 use clap::Subcommand;
 use sqlx::migrate::MigrateDatabase;
 
-use super::{Applied, Backend, DbError, MigrationState, MigrationStatus, postgres, sqlite};
 use crate::config::Config;
+use crate::db::{Applied, Backend, DbError, MigrationState, MigrationStatus, postgres, sqlite};
 
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
@@ -22,43 +21,46 @@ pub enum DbCommand {
 }
 
 /// Applies pending migrations and lists the ones this run applied.
-pub async fn migrate(config: &Config) -> ExitCode {
+pub async fn migrate(config: &Config) -> Result<String, DbError> {
     let url = &config.database_url;
-    report(
-        "migrate",
-        apply(url).await.map(|applied| {
-            let mut out = String::new();
-            for a in &applied {
-                out += &format!(
-                    "applied {} {} ({} ms)\n",
-                    a.version,
-                    a.description,
-                    a.elapsed.as_millis()
-                );
-            }
-            if applied.is_empty() {
-                out += &format!("{}: no pending migrations\n", describe(url));
-            } else {
-                out += &format!(
-                    "{}: {} migration(s) applied\n",
-                    describe(url),
-                    applied.len()
-                );
-            }
-            out
-        }),
-    )
+    apply(url).await.map(|applied| {
+        let mut out = String::new();
+        for a in &applied {
+            out += &format!(
+                "applied {} {} ({} ms)\n",
+                a.version,
+                a.description,
+                a.elapsed.as_millis()
+            );
+        }
+        if applied.is_empty() {
+            out += &format!("{}: no pending migrations\n", describe(url));
+        } else {
+            out += &format!(
+                "{}: {} migration(s) applied\n",
+                describe(url),
+                applied.len()
+            );
+        }
+        out
+    })
 }
 
-pub async fn run(command: DbCommand, config: &Config) -> ExitCode {
+impl DbCommand {
+    /// The command as typed, for error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DbCommand::Create => "db create",
+            DbCommand::Drop => "db drop",
+            DbCommand::Status => "db status",
+            DbCommand::Schema => "db schema",
+        }
+    }
+}
+
+pub async fn run(command: DbCommand, config: &Config) -> Result<String, DbError> {
     let url = &config.database_url;
-    let name = match command {
-        DbCommand::Create => "db create",
-        DbCommand::Drop => "db drop",
-        DbCommand::Status => "db status",
-        DbCommand::Schema => "db schema",
-    };
-    let result = match command {
+    match command {
         DbCommand::Create => create(url).await.map(|created| {
             let state = if created { "created" } else { "already exists" };
             format!("{}: {state}\n", describe(url))
@@ -71,19 +73,6 @@ pub async fn run(command: DbCommand, config: &Config) -> ExitCode {
             .await
             .map(|rows| format!("{}\n{}", describe(url), status_table(&rows))),
         DbCommand::Schema => schema(url).await,
-    };
-    report(name, result)
-}
-
-/// Prints what the command produced (a closed pipe ends it quietly), or
-/// its error on stderr with exit code 1.
-fn report(command: &str, result: Result<String, DbError>) -> ExitCode {
-    match result {
-        Ok(text) => crate::cli::write_stdout(&text),
-        Err(e) => {
-            eprintln!("skiff {command}: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
 
