@@ -2,22 +2,37 @@
 //! end. Each gives the text for stdout or the error; `cli::run` prints them
 //! (errors on stderr with exit code 1).
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use sqlx::migrate::MigrateDatabase;
 
-use crate::config::Config;
+use crate::config::{Config, Flags, Offer};
 use crate::db::{Applied, Backend, DbError, MigrationState, MigrationStatus, postgres, sqlite};
+
+/// The settings `skiff migrate` and `skiff db …` use.
+#[derive(Debug)]
+pub struct Database;
+
+impl Offer for Database {
+    const SETTINGS: &'static [&'static str] = &["database_url", "log_filter", "log_format"];
+}
+
+/// The flags of `migrate` and of each `db` command.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    #[command(flatten)]
+    pub flags: Flags<Database>,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
     /// Create the database (SQLite: the file; PostgreSQL: the database).
-    Create,
+    Create(DatabaseArgs),
     /// Drop the database (SQLite: the file and its WAL; PostgreSQL: the database).
-    Drop,
+    Drop(DatabaseArgs),
     /// Show applied and pending migrations.
-    Status,
+    Status(DatabaseArgs),
     /// Print the schema.
-    Schema,
+    Schema(DatabaseArgs),
 }
 
 /// Applies pending migrations and lists the ones this run applied.
@@ -50,10 +65,19 @@ impl DbCommand {
     /// The command as typed, for error messages.
     pub fn name(&self) -> &'static str {
         match self {
-            DbCommand::Create => "db create",
-            DbCommand::Drop => "db drop",
-            DbCommand::Status => "db status",
-            DbCommand::Schema => "db schema",
+            DbCommand::Create(_) => "db create",
+            DbCommand::Drop(_) => "db drop",
+            DbCommand::Status(_) => "db status",
+            DbCommand::Schema(_) => "db schema",
+        }
+    }
+
+    pub fn args(&self) -> &DatabaseArgs {
+        match self {
+            DbCommand::Create(args)
+            | DbCommand::Drop(args)
+            | DbCommand::Status(args)
+            | DbCommand::Schema(args) => args,
         }
     }
 }
@@ -61,18 +85,18 @@ impl DbCommand {
 pub async fn run(command: DbCommand, config: &Config) -> Result<String, DbError> {
     let url = &config.database_url;
     match command {
-        DbCommand::Create => create(url).await.map(|created| {
+        DbCommand::Create(_) => create(url).await.map(|created| {
             let state = if created { "created" } else { "already exists" };
             format!("{}: {state}\n", describe(url))
         }),
-        DbCommand::Drop => drop(url).await.map(|dropped| {
+        DbCommand::Drop(_) => drop(url).await.map(|dropped| {
             let state = if dropped { "dropped" } else { "does not exist" };
             format!("{}: {state}\n", describe(url))
         }),
-        DbCommand::Status => status(url)
+        DbCommand::Status(_) => status(url)
             .await
             .map(|rows| format!("{}\n{}", describe(url), status_table(&rows))),
-        DbCommand::Schema => schema(url).await,
+        DbCommand::Schema(_) => schema(url).await,
     }
 }
 

@@ -1,10 +1,52 @@
 //! `skiff healthcheck`: a plain HTTP/1.1 GET with a deadline, so the image
 //! needs neither curl nor a shell for its `HEALTHCHECK`.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::config::{Config, Flags, Offer};
+
+/// The setting `healthcheck` uses: the port of its default URL.
+#[derive(Debug)]
+pub struct Port;
+
+impl Offer for Port {
+    const SETTINGS: &'static [&'static str] = &["port"];
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// URL to check [default: http://127.0.0.1:$PORT/healthz]
+    #[arg(long)]
+    pub url: Option<String>,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub flags: Flags<Port>,
+}
+
+fn duration(text: &str) -> Result<Duration, &'static str> {
+    crate::config::parse::duration(text)
+}
+
+pub async fn run(config: &Config, args: &HealthcheckArgs) -> ExitCode {
+    let url = match &args.url {
+        Some(url) => url.clone(),
+        None => format!("http://127.0.0.1:{}/healthz", config.port),
+    };
+    match check(&url, args.timeout).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiff healthcheck: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// `GET url` answered `200` within `timeout`? The error says why not.
 pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
