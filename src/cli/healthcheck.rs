@@ -1,11 +1,17 @@
-//! `skiff healthcheck`: a plain HTTP/1.1 GET with a deadline, so the image
-//! needs neither curl nor a shell for its `HEALTHCHECK`.
+//! `skiff healthcheck`: `GET` over hyper's client connection with a
+//! deadline, so the image needs neither curl nor a shell for its
+//! `HEALTHCHECK`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper::header::{HOST, USER_AGENT};
+use hyper::http::uri::Authority;
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::{Config, Flags, Offer};
@@ -50,100 +56,94 @@ pub async fn run(config: &Config, args: &HealthcheckArgs) -> ExitCode {
 
 /// `GET url` answered `200` within `timeout`? The error says why not.
 pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
-    let (authority, path) = split_http_url(url)?;
-    tokio::time::timeout(timeout, get_status(authority, path))
-        .await
-        .map_err(|_| format!("no answer from {url} within {timeout:?}"))?
-        .and_then(|status| {
-            if status == 200 {
-                Ok(())
-            } else {
-                Err(format!("{url} answered HTTP {status}"))
-            }
-        })
-}
-
-/// `http://host:port/path` into (`host:port`, `/path`). Only plain HTTP:
-/// the check runs against the server's own port.
-fn split_http_url(url: &str) -> Result<(&str, &str), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() || authority.contains(char::is_whitespace) {
-        return Err(format!("{url:?} has no host"));
+    let uri: Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    // Only plain HTTP: the check runs against the server's own port.
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{url:?} is not an http:// URL"));
     }
-    Ok((authority, path))
-}
-
-async fn get_status(authority: &str, path: &str) -> Result<u16, String> {
-    let addr = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !authority.ends_with(']')
-    {
-        authority.to_string()
+    let authority = uri
+        .authority()
+        .filter(|a| !a.host().is_empty())
+        .ok_or_else(|| format!("{url:?} has no host"))?;
+    let status = tokio::time::timeout(timeout, get_status(&uri, authority))
+        .await
+        .map_err(|_| format!("no answer from {url} within {timeout:?}"))??;
+    if status == StatusCode::OK {
+        Ok(())
     } else {
-        format!("{authority}:80")
-    };
-    let mut stream = TcpStream::connect(&addr)
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: skiff-healthcheck\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("cannot send the request: {e}"))?;
-    let mut head = Vec::with_capacity(64);
-    let mut buf = [0u8; 64];
-    while !head.contains(&b'\n') && head.len() < 1024 {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("cannot read the answer: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
+        Err(format!("{url} answered HTTP {}", status.as_u16()))
     }
-    parse_status_line(&head).ok_or_else(|| "the answer is not HTTP".to_string())
 }
 
-fn parse_status_line(head: &[u8]) -> Option<u16> {
-    let line = head.split(|&b| b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split_whitespace();
-    parts.next().filter(|v| v.starts_with("HTTP/1."))?;
-    parts.next()?.parse().ok()
+async fn get_status(uri: &Uri, authority: &Authority) -> Result<StatusCode, String> {
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("cannot talk HTTP to {authority}: {e}"))?;
+    // Drives the connection; it ends with the answer (or the deadline).
+    tokio::spawn(connection);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = Request::get(path)
+        .header(HOST, authority.as_str())
+        .header(USER_AGENT, "skiff-healthcheck")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("cannot read the answer: {e}"))?;
+    Ok(response.status())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn splits_urls() {
-        assert_eq!(
-            split_http_url("http://127.0.0.1:8080/healthz"),
-            Ok(("127.0.0.1:8080", "/healthz"))
-        );
-        assert_eq!(split_http_url("http://localhost"), Ok(("localhost", "/")));
-        assert!(split_http_url("https://x/").is_err());
-        assert!(split_http_url("http:///x").is_err());
+    /// A server that answers every connection with `answer`.
+    async fn stub(answer: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}/healthz")
     }
 
-    #[test]
-    fn reads_status_lines() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(
-            parse_status_line(b"HTTP/1.0 503 Service Unavailable\r\n"),
-            Some(503)
+    #[tokio::test]
+    async fn only_a_200_in_time_is_healthy() {
+        let second = Duration::from_secs(1);
+        let ok = stub("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        assert_eq!(check(&ok, second).await, Ok(()));
+        let down = stub("HTTP/1.0 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await;
+        assert!(check(&down, second).await.unwrap_err().contains("503"));
+        let ssh = stub("SSH-2.0-OpenSSH\r\n").await;
+        assert!(check(&ssh, second).await.is_err());
+        let silent = stub("").await;
+        assert!(check(&silent, second).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn only_plain_http_urls_with_a_host() {
+        let second = Duration::from_secs(1);
+        assert!(
+            check("https://x/", second)
+                .await
+                .unwrap_err()
+                .contains("http://")
         );
-        assert_eq!(parse_status_line(b"SSH-2.0-OpenSSH\r\n"), None);
+        assert!(check("http:///x", second).await.is_err());
+        assert!(check("not a url", second).await.is_err());
     }
 }
