@@ -69,7 +69,10 @@ pub fn write_stdout(text: &str) -> ExitCode {
 /// Parses the command line, runs the command, and gives the exit code: 0 on
 /// success, 1 on failure, 2 for a bad argument or configuration value.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e),
+    };
     let command = cli.command.unwrap_or(Command::Serve(Box::new(cli.serve)));
     let loaded = match &command {
         Command::Openapi => return write_stdout(&crate::http::openapi::document_json()),
@@ -119,6 +122,30 @@ pub fn run() -> ExitCode {
 fn bad_configuration(e: &ConfigError) -> ExitCode {
     let _ = writeln!(std::io::stderr(), "skiff: {e}");
     ExitCode::from(2)
+}
+
+/// clap's own outcome: help, version, or a usage error (exit 2). A bad
+/// value of a flag clap parses itself (`healthcheck --timeout soon`) is one
+/// line, like the settings'.
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ErrorKind};
+    if e.kind() == ErrorKind::ValueValidation
+        && let (Some(arg), Some(value)) = (
+            e.get(ContextKind::InvalidArg),
+            e.get(ContextKind::InvalidValue),
+        )
+    {
+        // `--timeout <TIMEOUT>`: the flag.
+        let arg = arg.to_string();
+        return bad_configuration(&ConfigError {
+            name: arg.split_whitespace().next().unwrap_or_default().into(),
+            value: value.to_string(),
+            expected: std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        });
+    }
+    e.exit()
 }
 
 /// Prints what a command produced (a closed pipe ends it quietly), or its
