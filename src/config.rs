@@ -103,7 +103,7 @@ macro_rules! settings {
 }
 
 settings! {
-    /// TCP port to listen on
+    /// TCP port the server listens on
     port: u16 = "8080", flag "port", env "PORT" | "SKIFF_PORT", parse parse::port;
     /// Address to bind
     bind: IpAddr = "0.0.0.0", flag "bind", env "SKIFF_BIND", parse parse::ip_address;
@@ -292,7 +292,8 @@ impl Setting {
             help += &format!(" [default: {}]", self.default);
         }
         // Built once per process: the leak is a few bytes.
-        let value_name: &'static str = Box::leak(self.id.to_ascii_uppercase().into_boxed_str());
+        let value_name = self.flag.to_ascii_uppercase().replace('-', "_");
+        let value_name: &'static str = Box::leak(value_name.into_boxed_str());
         clap::Arg::new(self.id)
             .long(self.flag)
             .value_name(value_name)
