@@ -1,16 +1,30 @@
 //! Configuration: command-line flags win over environment variables, which
 //! win over the defaults of `../shared/API.md`.
 //!
-//! Every value is parsed here, at the edge, into a typed [`Config`]; a bad
-//! value becomes a [`ConfigError`] naming the variable (or flag) and what it
-//! expected, which `main` prints on one line before exiting with code 2.
+//! Each setting is declared once, in [`settings!`] below: its field of
+//! [`Config`], flag, variables, default, parser (in [`parse`]) and help. A
+//! command offers the flags of the settings it uses ([`Flags`]) and reads
+//! only their variables. Every value is parsed here, at the edge; a bad one
+//! becomes a [`ConfigError`] naming the flag or variable it came from and
+//! what it expected, which `cli` prints on one line before exiting with 2.
+//!
+//! The variables are read here rather than by clap's `env`: clap takes one
+//! variable per flag (`PORT` or `SKIFF_PORT`, `SKIFF_LOG` or `RUST_LOG`),
+//! reads a parent command's variables even when a subcommand runs (a bad
+//! Lua setting would stop `skiff migrate`), and names the flag for a bad
+//! value that came from the variable.
+
+pub mod parse;
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use tracing_subscriber::filter::Targets;
+
+pub use parse::{parse_duration, parse_log_filter, parse_size, redact_password};
 
 /// A value given on the command line or in the environment that does not
 /// parse. `name` is the flag (`--port`) or the variable (`PORT`).
@@ -20,6 +34,172 @@ pub struct ConfigError {
     pub name: String,
     pub value: String,
     pub expected: String,
+}
+
+/// One setting: where its value comes from, its default and its help.
+#[derive(Debug)]
+pub struct Setting {
+    /// The field of [`Config`], and the clap argument id.
+    pub id: &'static str,
+    pub flag: &'static str,
+    /// Read in this order when the flag is absent.
+    pub env: &'static [&'static str],
+    /// Parsed like a given value; empty means unset.
+    pub default: &'static str,
+    pub help: &'static str,
+    /// Never shown: errors show `***` (a URL's password only).
+    pub secret: bool,
+}
+
+/// Declares the settings: `field: Type = "default", flag "name", env "VAR"
+/// | "FALLBACK", parse parser [, secret];` with the doc comment as help.
+/// Gives the [`Config`] struct (plus the fields derived from several
+/// settings), [`SETTINGS`], and the reading of each from its sources.
+macro_rules! settings {
+    (@secret secret) => { true };
+    (@secret) => { false };
+    (
+        $(
+            $(#[doc = $doc:literal])+
+            $field:ident: $ty:ty = $default:literal, flag $flag:literal,
+                env $($env:literal)|+, parse $parse:path $(, $secret:ident)?;
+        )+
+        derived {
+            $( $(#[doc = $ddoc:literal])+ $dfield:ident: $dty:ty, )+
+        }
+    ) => {
+        /// Everything the service reads at start-up, typed and validated.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $( $(#[doc = $doc])+ pub $field: $ty, )+
+            $( $(#[doc = $ddoc])+ pub $dfield: $dty, )+
+        }
+
+        /// Every setting, in the order of `skiff serve --help`.
+        pub static SETTINGS: &[Setting] = &[$(
+            Setting {
+                id: stringify!($field),
+                flag: $flag,
+                env: &[$($env),+],
+                default: $default,
+                help: concat!($($doc),+),
+                secret: settings!(@secret $($secret)?),
+            },
+        )+];
+
+        /// The ids of every setting: what `serve` offers.
+        pub const ALL: &[&str] = &[$(stringify!($field)),+];
+
+        impl Config {
+            /// Each setting from its first source, else its default.
+            fn read(src: &Sources<'_>, given: &mut Given) -> Result<Self, ConfigError> {
+                Ok(Config {
+                    $( $field: src.value(stringify!($field), given, $parse)?, )+
+                    $( $dfield: Default::default(), )+
+                })
+            }
+        }
+    };
+}
+
+settings! {
+    /// TCP port the server listens on
+    port: u16 = "8080", flag "port", env "PORT" | "SKIFF_PORT", parse parse::port;
+    /// Address to bind
+    bind: IpAddr = "0.0.0.0", flag "bind", env "SKIFF_BIND", parse parse::ip_address;
+    /// Database URL: sqlite://FILE, sqlite::memory: or postgres://…
+    database_url: String = "sqlite://skiff.db", flag "database-url", env "DATABASE_URL",
+        parse parse::database_url, secret;
+    /// Log filter, e.g. `info` or `skiff=debug,warn`
+    log_filter: Targets = "info", flag "log", env "SKIFF_LOG" | "RUST_LOG",
+        parse parse::log_filter;
+    /// Log format: text or json
+    log_format: LogFormat = "text", flag "log-format", env "SKIFF_LOG_FORMAT",
+        parse parse::log_format;
+    /// Per-request timeout (503 past it)
+    request_timeout: Duration = "10s", flag "request-timeout", env "SKIFF_REQUEST_TIMEOUT",
+        parse parse::positive_duration;
+    /// Largest request body (413 past it)
+    body_limit: usize = "64KiB", flag "body-limit", env "SKIFF_BODY_LIMIT", parse parse::size;
+    /// Time in-flight requests get once accepting has stopped
+    shutdown_grace: Duration = "10s", flag "shutdown-grace", env "SKIFF_SHUTDOWN_GRACE",
+        parse parse::duration;
+    /// After SIGTERM, how long new connections are still accepted and
+    /// served (with readiness down) before accepting stops
+    shutdown_delay: Duration = "0s", flag "shutdown-delay", env "SKIFF_SHUTDOWN_DELAY",
+        parse parse::duration;
+    /// Default IANA time zone of /time
+    time_zone: jiff::tz::TimeZone = "Asia/Tokyo", flag "time-zone", env "SKIFF_TIME_ZONE",
+        parse parse::time_zone;
+    /// Public-IP upstream URL (http or https)
+    ip_upstream: String = "https://api.ipify.org", flag "ip-upstream", env "SKIFF_IP_UPSTREAM",
+        parse parse::http_url;
+    /// Upstream timeout of /ip (504 past it)
+    ip_timeout: Duration = "3s", flag "ip-timeout", env "SKIFF_IP_TIMEOUT",
+        parse parse::positive_duration;
+    /// How long a good /ip answer is cached (0s: never)
+    ip_cache_ttl: Duration = "60s", flag "ip-cache-ttl", env "SKIFF_IP_CACHE_TTL",
+        parse parse::duration;
+    /// A PEM file of extra roots for the /ip upstream, added to the
+    /// compiled-in ones
+    ssl_cert_file: Option<PathBuf> = "", flag "ssl-cert-file", env "SSL_CERT_FILE",
+        parse parse::pem_file;
+    /// Directory of Lua scripts served at /lua/{name}; when set, it must
+    /// be a readable directory
+    scripts_dir: PathBuf = "lua", flag "scripts-dir", env "SKIFF_SCRIPTS_DIR",
+        parse parse::directory;
+    /// Reload the scripts when their directory changes: true or false
+    scripts_watch: bool = "false", flag "scripts-watch", env "SKIFF_SCRIPTS_WATCH",
+        parse parse::boolean;
+    /// Memory limit of one Lua run
+    lua_memory: usize = "16MiB", flag "lua-memory", env "SKIFF_LUA_MEMORY",
+        parse parse::lua_memory;
+    /// Time limit of one Lua run: a wall-clock deadline per run, enforced
+    /// by a hook on instructions and calls
+    lua_timeout: Duration = "100ms", flag "lua-timeout", env "SKIFF_LUA_TIMEOUT",
+        parse parse::positive_duration;
+    /// Comma-separated origins answered with CORS headers, e.g.
+    /// https://app.example.com, or *; unset: no CORS headers
+    cors_origins: Option<CorsOrigins> = "", flag "cors-origins", env "SKIFF_CORS_ORIGINS",
+        parse parse::cors_origins;
+    /// Requests served at once before new ones are shed with 503; 0 = no
+    /// limit (health and metrics routes are never shed)
+    max_concurrency: usize = "1024", flag "max-concurrency", env "SKIFF_MAX_CONCURRENCY",
+        parse parse::count;
+    /// TCP connections open at once; more are closed as soon as accepted
+    max_connections: u32 = "4096", flag "max-connections", env "SKIFF_MAX_CONNECTIONS",
+        parse parse::positive_count;
+    /// Time a client has to send its request head
+    header_timeout: Duration = "5s", flag "header-timeout", env "SKIFF_HEADER_TIMEOUT",
+        parse parse::positive_duration;
+    /// Time a kept-alive connection may wait for its next request
+    idle_timeout: Duration = "75s", flag "idle-timeout", env "SKIFF_IDLE_TIMEOUT",
+        parse parse::positive_duration;
+    /// Longest wait for the next piece of a request body (408 past it)
+    body_timeout: Duration = "5s", flag "body-timeout", env "SKIFF_BODY_TIMEOUT",
+        parse parse::positive_duration;
+    /// Longest time a client may accept no bytes of an answer (the
+    /// connection is closed past it)
+    send_timeout: Duration = "10s", flag "send-timeout", env "SKIFF_SEND_TIMEOUT",
+        parse parse::positive_duration;
+    /// User name HTTP Basic requires on /users
+    api_user: Option<String> = "", flag "api-user", env "SKIFF_API_USER",
+        parse parse::user_name;
+    /// Password for --api-user; visible to `ps`, prefer --api-password-file
+    api_password: Option<Secret> = "", flag "api-password", env "SKIFF_API_PASSWORD",
+        parse parse::secret, secret;
+    /// File holding the password for --api-user
+    api_password_file: Option<PathBuf> = "", flag "api-password-file",
+        env "SKIFF_API_PASSWORD_FILE", parse parse::file;
+    derived {
+        /// The IANA name of `time_zone`, as configured.
+        time_zone_name: String,
+        /// Whether `scripts_dir` was set explicitly (then it must exist).
+        scripts_dir_explicit: bool,
+        /// HTTP Basic credentials guarding `/users`: `api_user` with
+        /// `api_password` or the content of `api_password_file`.
+        credentials: Option<Credentials>,
+    }
 }
 
 /// Log line format.
@@ -55,539 +235,6 @@ pub struct Credentials {
     pub password: Secret,
 }
 
-/// Everything the service reads at start-up, typed and validated.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub port: u16,
-    pub bind: IpAddr,
-    pub database_url: String,
-    pub log_filter: String,
-    pub log_format: LogFormat,
-    pub request_timeout: Duration,
-    pub body_limit: usize,
-    pub shutdown_grace: Duration,
-    /// After SIGTERM, how long new connections are still accepted and
-    /// served (with readiness down) before accepting stops.
-    pub shutdown_delay: Duration,
-    pub time_zone: jiff::tz::TimeZone,
-    /// The IANA name of `time_zone`, as configured.
-    pub time_zone_name: String,
-    pub ip_upstream: String,
-    pub ip_timeout: Duration,
-    pub ip_cache_ttl: Duration,
-    /// A PEM file of extra roots for the upstream (`SSL_CERT_FILE`).
-    pub ssl_cert_file: Option<PathBuf>,
-    pub scripts_dir: PathBuf,
-    /// Whether `scripts_dir` was set explicitly (then it must exist).
-    pub scripts_dir_explicit: bool,
-    /// Reload the scripts when the directory changes.
-    pub scripts_watch: bool,
-    pub lua_memory: usize,
-    pub lua_timeout: Duration,
-    /// Origins answered with CORS headers (`SKIFF_CORS_ORIGINS`); `None`: no
-    /// CORS headers at all.
-    pub cors_origins: Option<CorsOrigins>,
-    pub credentials: Option<Credentials>,
-    /// Requests served at once before new ones are shed with `503`
-    /// (0: no limit). Health and metrics routes are never shed.
-    pub max_concurrency: usize,
-    /// TCP connections open at once; more are closed as soon as accepted.
-    pub max_connections: u32,
-    /// A client must send its request head within this time.
-    pub header_timeout: Duration,
-    /// A kept-alive connection may wait this long for its next request.
-    pub idle_timeout: Duration,
-    /// Longest wait for the next piece of a request body (`408` past it).
-    pub body_timeout: Duration,
-    /// Longest time a client may accept no bytes of an answer (the
-    /// connection is closed past it).
-    pub send_timeout: Duration,
-}
-
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://skiff.db";
-pub const DEFAULT_TIME_ZONE: &str = "Asia/Tokyo";
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            port: 8080,
-            bind: IpAddr::from([0, 0, 0, 0]),
-            database_url: DEFAULT_DATABASE_URL.into(),
-            log_filter: "info".into(),
-            log_format: LogFormat::Text,
-            request_timeout: Duration::from_secs(10),
-            body_limit: 64 * 1024,
-            shutdown_grace: Duration::from_secs(10),
-            shutdown_delay: Duration::ZERO,
-            time_zone: jiff::tz::TimeZone::get(DEFAULT_TIME_ZONE)
-                .expect("the bundled tz database has Asia/Tokyo"),
-            time_zone_name: DEFAULT_TIME_ZONE.into(),
-            ip_upstream: "https://api.ipify.org".into(),
-            ip_timeout: Duration::from_secs(3),
-            ip_cache_ttl: Duration::from_secs(60),
-            ssl_cert_file: None,
-            scripts_dir: PathBuf::from("lua"),
-            scripts_dir_explicit: false,
-            scripts_watch: false,
-            lua_memory: 16 * 1024 * 1024,
-            lua_timeout: Duration::from_millis(100),
-            cors_origins: None,
-            credentials: None,
-            max_concurrency: 1024,
-            max_connections: 4096,
-            header_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(75),
-            body_timeout: Duration::from_secs(5),
-            send_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// The configuration flags, shared by every subcommand. Each is optional: an
-/// absent flag falls back to its environment variable, then to the default.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ConfigFlags {
-    /// TCP port to listen on [env: PORT or SKIFF_PORT] [default: 8080]
-    #[arg(long)]
-    pub port: Option<String>,
-    /// Address to bind [env: SKIFF_BIND] [default: 0.0.0.0]
-    #[arg(long)]
-    pub bind: Option<String>,
-    /// Database URL: sqlite://FILE, sqlite::memory: or postgres://… [env: DATABASE_URL]
-    #[arg(long)]
-    pub database_url: Option<String>,
-    /// Log filter, e.g. `info` or `skiff=debug` [env: SKIFF_LOG or RUST_LOG]
-    #[arg(long)]
-    pub log: Option<String>,
-    /// Log format: text or json [env: SKIFF_LOG_FORMAT]
-    #[arg(long)]
-    pub log_format: Option<String>,
-    /// Per-request timeout, e.g. 10s [env: SKIFF_REQUEST_TIMEOUT]
-    #[arg(long)]
-    pub request_timeout: Option<String>,
-    /// Request body limit, e.g. 64KiB [env: SKIFF_BODY_LIMIT]
-    #[arg(long)]
-    pub body_limit: Option<String>,
-    /// Time in-flight requests get after SIGTERM, e.g. 10s [env: SKIFF_SHUTDOWN_GRACE]
-    #[arg(long)]
-    pub shutdown_grace: Option<String>,
-    /// Time new connections are still served after SIGTERM, readiness down, e.g. 5s [env: SKIFF_SHUTDOWN_DELAY] [default: 0s]
-    #[arg(long)]
-    pub shutdown_delay: Option<String>,
-    /// Default IANA time zone of /time [env: SKIFF_TIME_ZONE]
-    #[arg(long)]
-    pub time_zone: Option<String>,
-    /// Public-IP upstream URL (http or https) [env: SKIFF_IP_UPSTREAM]
-    #[arg(long)]
-    pub ip_upstream: Option<String>,
-    /// Upstream timeout of /ip [env: SKIFF_IP_TIMEOUT]
-    #[arg(long)]
-    pub ip_timeout: Option<String>,
-    /// How long a good /ip answer is cached [env: SKIFF_IP_CACHE_TTL]
-    #[arg(long)]
-    pub ip_cache_ttl: Option<String>,
-    /// Extra PEM roots for the /ip upstream, added to the built-in ones [env: SSL_CERT_FILE]
-    #[arg(long)]
-    pub ssl_cert_file: Option<String>,
-    /// Directory of Lua scripts served at /lua/{name} [env: SKIFF_SCRIPTS_DIR]
-    #[arg(long)]
-    pub scripts_dir: Option<String>,
-    /// Reload the scripts when their directory changes: true or false [env: SKIFF_SCRIPTS_WATCH] [default: false]
-    #[arg(long)]
-    pub scripts_watch: Option<String>,
-    /// Memory limit of one Lua run, e.g. 16MiB [env: SKIFF_LUA_MEMORY]
-    #[arg(long)]
-    pub lua_memory: Option<String>,
-    /// Time limit (wall clock) of one Lua run, e.g. 100ms [env: SKIFF_LUA_TIMEOUT]
-    #[arg(long)]
-    pub lua_timeout: Option<String>,
-    /// Comma-separated origins allowed by CORS, e.g. https://app.example.com, or * [env: SKIFF_CORS_ORIGINS] [default: none]
-    #[arg(long)]
-    pub cors_origins: Option<String>,
-    /// Requests served at once before shedding with 503; 0 = no limit [env: SKIFF_MAX_CONCURRENCY] [default: 1024]
-    #[arg(long)]
-    pub max_concurrency: Option<String>,
-    /// TCP connections open at once [env: SKIFF_MAX_CONNECTIONS] [default: 4096]
-    #[arg(long)]
-    pub max_connections: Option<String>,
-    /// Time a client has to send its request headers [env: SKIFF_HEADER_TIMEOUT] [default: 5s]
-    #[arg(long)]
-    pub header_timeout: Option<String>,
-    /// Time a kept-alive connection may wait for its next request [env: SKIFF_IDLE_TIMEOUT] [default: 75s]
-    #[arg(long)]
-    pub idle_timeout: Option<String>,
-    /// User name HTTP Basic requires on /users [env: SKIFF_API_USER]
-    #[arg(long)]
-    pub api_user: Option<String>,
-    /// Password for --api-user; visible to `ps`, prefer --api-password-file [env: SKIFF_API_PASSWORD]
-    #[arg(long)]
-    pub api_password: Option<String>,
-    /// File holding the password for --api-user [env: SKIFF_API_PASSWORD_FILE]
-    #[arg(long)]
-    pub api_password_file: Option<String>,
-    /// Longest wait for the next piece of a request body [env: SKIFF_BODY_TIMEOUT] [default: 5s]
-    #[arg(long)]
-    pub body_timeout: Option<String>,
-    /// Longest time a client may accept no bytes of an answer [env: SKIFF_SEND_TIMEOUT] [default: 10s]
-    #[arg(long)]
-    pub send_timeout: Option<String>,
-}
-
-/// Where values come from: the flags, then a lookup of environment variables.
-/// Tests pass a map instead of the process environment.
-pub struct Sources<'a> {
-    pub flags: &'a ConfigFlags,
-    pub env: &'a dyn Fn(&str) -> Option<String>,
-}
-
-impl Sources<'_> {
-    /// The first value found among the flag and the variables, with the name
-    /// of where it came from (for error messages).
-    fn lookup(&self, flag: (&str, &Option<String>), vars: &[&str]) -> Option<(String, String)> {
-        if let Some(v) = flag.1 {
-            return Some((format!("--{}", flag.0), v.clone()));
-        }
-        vars.iter()
-            .find_map(|var| (self.env)(var).map(|v| (var.to_string(), v)))
-    }
-}
-
-fn parse_with<T>(
-    found: Option<(String, String)>,
-    default: T,
-    expected: &str,
-    parse: impl FnOnce(&str) -> Option<T>,
-) -> Result<T, ConfigError> {
-    match found {
-        None => Ok(default),
-        Some((source, value)) => parse(value.trim()).ok_or_else(|| ConfigError {
-            name: source,
-            value,
-            expected: expected.into(),
-        }),
-    }
-}
-
-impl Config {
-    /// Reads the configuration from flags and the process environment.
-    pub fn load(flags: &ConfigFlags) -> Result<Self, ConfigError> {
-        let env = |name: &str| std::env::var(name).ok();
-        Self::from_sources(&Sources { flags, env: &env })
-    }
-
-    pub fn from_sources(src: &Sources<'_>) -> Result<Self, ConfigError> {
-        let d = Config::default();
-        let f = src.flags;
-        let duration = "a duration such as 250ms, 3s, 1m or 1h (at most 100 years)";
-        let size = "a size such as 65536, 64KiB or 16MiB";
-
-        let port = parse_with(
-            src.lookup(("port", &f.port), &["PORT", "SKIFF_PORT"]),
-            d.port,
-            "a TCP port number (0-65535)",
-            |v| v.parse().ok(),
-        )?;
-        let bind = parse_with(
-            src.lookup(("bind", &f.bind), &["SKIFF_BIND"]),
-            d.bind,
-            "an IP address such as 0.0.0.0 or 127.0.0.1",
-            |v| v.parse().ok(),
-        )?;
-        let database_url = parse_with(
-            src.lookup(("database-url", &f.database_url), &["DATABASE_URL"]),
-            d.database_url,
-            "a URL starting with sqlite: or postgres://",
-            |v| {
-                let ok = v.starts_with("sqlite:")
-                    || v.starts_with("postgres://")
-                    || v.starts_with("postgresql://");
-                ok.then(|| v.to_string())
-            },
-        )
-        .map_err(|mut e| {
-            // The error is printed: never with the database password.
-            e.value = redact_password(&e.value);
-            e
-        })?;
-        let log_filter = parse_with(
-            src.lookup(("log", &f.log), &["SKIFF_LOG", "RUST_LOG"]),
-            d.log_filter,
-            "a log filter: a level (trace, debug, info, warn, error or off) and target=level \
-             pairs, such as info or skiff=debug,warn",
-            |v| crate::telemetry::parse_log_filter(v).map(|_| v.to_string()),
-        )?;
-        let log_format = parse_with(
-            src.lookup(("log-format", &f.log_format), &["SKIFF_LOG_FORMAT"]),
-            d.log_format,
-            "text or json",
-            |v| match v.to_ascii_lowercase().as_str() {
-                "text" => Some(LogFormat::Text),
-                "json" => Some(LogFormat::Json),
-                _ => None,
-            },
-        )?;
-        let positive = |v: &str| parse_duration(v).filter(|d| !d.is_zero());
-        let request_timeout = parse_with(
-            src.lookup(
-                ("request-timeout", &f.request_timeout),
-                &["SKIFF_REQUEST_TIMEOUT"],
-            ),
-            d.request_timeout,
-            duration,
-            positive,
-        )?;
-        let body_limit = parse_with(
-            src.lookup(("body-limit", &f.body_limit), &["SKIFF_BODY_LIMIT"]),
-            d.body_limit,
-            size,
-            parse_size,
-        )?;
-        let shutdown_grace = parse_with(
-            src.lookup(
-                ("shutdown-grace", &f.shutdown_grace),
-                &["SKIFF_SHUTDOWN_GRACE"],
-            ),
-            d.shutdown_grace,
-            duration,
-            parse_duration,
-        )?;
-        let shutdown_delay = parse_with(
-            src.lookup(
-                ("shutdown-delay", &f.shutdown_delay),
-                &["SKIFF_SHUTDOWN_DELAY"],
-            ),
-            d.shutdown_delay,
-            duration,
-            parse_duration,
-        )?;
-        let (time_zone, time_zone_name) = parse_with(
-            src.lookup(("time-zone", &f.time_zone), &["SKIFF_TIME_ZONE"]),
-            (d.time_zone, d.time_zone_name),
-            "an IANA time zone name such as Asia/Tokyo or UTC",
-            |v| {
-                jiff::tz::TimeZone::get(v)
-                    .ok()
-                    .map(|tz| (tz, v.to_string()))
-            },
-        )?;
-        let ip_upstream = parse_with(
-            src.lookup(("ip-upstream", &f.ip_upstream), &["SKIFF_IP_UPSTREAM"]),
-            d.ip_upstream,
-            "an http:// or https:// URL",
-            |v| {
-                let rest = v
-                    .strip_prefix("https://")
-                    .or_else(|| v.strip_prefix("http://"))?;
-                (!rest.is_empty() && !rest.contains(char::is_whitespace)).then(|| v.to_string())
-            },
-        )?;
-        let ip_timeout = parse_with(
-            src.lookup(("ip-timeout", &f.ip_timeout), &["SKIFF_IP_TIMEOUT"]),
-            d.ip_timeout,
-            duration,
-            positive,
-        )?;
-        let ip_cache_ttl = parse_with(
-            src.lookup(("ip-cache-ttl", &f.ip_cache_ttl), &["SKIFF_IP_CACHE_TTL"]),
-            d.ip_cache_ttl,
-            duration,
-            parse_duration,
-        )?;
-        let ssl_cert_file = parse_with(
-            src.lookup(("ssl-cert-file", &f.ssl_cert_file), &["SSL_CERT_FILE"]),
-            None,
-            "a readable file of PEM certificates",
-            // Empty means unset, as OpenSSL reads it.
-            |v| match v {
-                "" => Some(None),
-                _ => std::fs::File::open(v)
-                    .is_ok()
-                    .then(|| Some(PathBuf::from(v))),
-            },
-        )?;
-        let scripts = src.lookup(("scripts-dir", &f.scripts_dir), &["SKIFF_SCRIPTS_DIR"]);
-        let scripts_dir_explicit = scripts.is_some();
-        // Set explicitly, the directory must exist: a typo would otherwise
-        // serve no scripts (the default `lua` is optional).
-        let scripts_dir = parse_with(scripts, d.scripts_dir, "a readable directory", |v| {
-            (!v.is_empty() && std::fs::read_dir(v).is_ok()).then(|| PathBuf::from(v))
-        })?;
-        let scripts_watch = parse_with(
-            src.lookup(
-                ("scripts-watch", &f.scripts_watch),
-                &["SKIFF_SCRIPTS_WATCH"],
-            ),
-            d.scripts_watch,
-            "true or false",
-            |v| match v {
-                "true" => Some(true),
-                "false" => Some(false),
-                _ => None,
-            },
-        )?;
-        let lua_memory = parse_with(
-            src.lookup(("lua-memory", &f.lua_memory), &["SKIFF_LUA_MEMORY"]),
-            d.lua_memory,
-            "a size of at least 256KiB, such as 16MiB",
-            |v| parse_size(v).filter(|&n| n >= 256 * 1024),
-        )?;
-        let lua_timeout = parse_with(
-            src.lookup(("lua-timeout", &f.lua_timeout), &["SKIFF_LUA_TIMEOUT"]),
-            d.lua_timeout,
-            duration,
-            positive,
-        )?;
-        let cors_origins = parse_with(
-            src.lookup(("cors-origins", &f.cors_origins), &["SKIFF_CORS_ORIGINS"]),
-            d.cors_origins,
-            "comma-separated origins such as https://app.example.com,http://localhost:3000 \
-             (scheme, host and optional port; no path), or *",
-            CorsOrigins::parse,
-        )?;
-        let max_concurrency = parse_with(
-            src.lookup(
-                ("max-concurrency", &f.max_concurrency),
-                &["SKIFF_MAX_CONCURRENCY"],
-            ),
-            d.max_concurrency,
-            "a whole number (0 for no limit)",
-            |v| v.parse().ok(),
-        )?;
-        let max_connections = parse_with(
-            src.lookup(
-                ("max-connections", &f.max_connections),
-                &["SKIFF_MAX_CONNECTIONS"],
-            ),
-            d.max_connections,
-            "a whole number of at least 1",
-            |v| v.parse().ok().filter(|&n: &u32| n >= 1),
-        )?;
-        let header_timeout = parse_with(
-            src.lookup(
-                ("header-timeout", &f.header_timeout),
-                &["SKIFF_HEADER_TIMEOUT"],
-            ),
-            d.header_timeout,
-            duration,
-            positive,
-        )?;
-        let idle_timeout = parse_with(
-            src.lookup(("idle-timeout", &f.idle_timeout), &["SKIFF_IDLE_TIMEOUT"]),
-            d.idle_timeout,
-            duration,
-            positive,
-        )?;
-        let body_timeout = parse_with(
-            src.lookup(("body-timeout", &f.body_timeout), &["SKIFF_BODY_TIMEOUT"]),
-            d.body_timeout,
-            duration,
-            positive,
-        )?;
-        let send_timeout = parse_with(
-            src.lookup(("send-timeout", &f.send_timeout), &["SKIFF_SEND_TIMEOUT"]),
-            d.send_timeout,
-            duration,
-            positive,
-        )?;
-        let credentials = credentials(src)?;
-
-        Ok(Config {
-            port,
-            bind,
-            database_url,
-            log_filter,
-            log_format,
-            request_timeout,
-            body_limit,
-            shutdown_grace,
-            shutdown_delay,
-            time_zone,
-            time_zone_name,
-            ip_upstream,
-            ip_timeout,
-            ip_cache_ttl,
-            ssl_cert_file,
-            scripts_dir,
-            scripts_dir_explicit,
-            scripts_watch,
-            lua_memory,
-            lua_timeout,
-            cors_origins,
-            credentials,
-            max_concurrency,
-            max_connections,
-            header_timeout,
-            idle_timeout,
-            body_timeout,
-            send_timeout,
-        })
-    }
-}
-
-/// `SKIFF_API_USER` with `SKIFF_API_PASSWORD` or `SKIFF_API_PASSWORD_FILE`:
-/// both or neither.
-fn credentials(src: &Sources<'_>) -> Result<Option<Credentials>, ConfigError> {
-    let f = src.flags;
-    let user = src
-        .lookup(("api-user", &f.api_user), &["SKIFF_API_USER"])
-        .filter(|(_, u)| !u.is_empty());
-    let password = match (
-        src.lookup(("api-password", &f.api_password), &["SKIFF_API_PASSWORD"]),
-        src.lookup(
-            ("api-password-file", &f.api_password_file),
-            &["SKIFF_API_PASSWORD_FILE"],
-        ),
-    ) {
-        (Some((source, p)), _) if !p.is_empty() => Some((source, p)),
-        (_, Some((source, path))) if !path.is_empty() => {
-            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
-                name: source.clone(),
-                value: path.clone(),
-                expected: format!("a readable file holding the password ({e})"),
-            })?;
-            // Secret files usually end with a newline that is not part of it.
-            let p = text.trim_end_matches(['\r', '\n']).to_string();
-            if p.is_empty() {
-                return Err(ConfigError {
-                    name: source,
-                    value: path,
-                    expected: "a file holding a non-empty password".into(),
-                });
-            }
-            Some((source, p))
-        }
-        _ => None,
-    };
-    match (user, password) {
-        (None, None) => Ok(None),
-        (Some((source, user)), Some((_, password))) => {
-            if user.contains(':') {
-                return Err(ConfigError {
-                    name: source,
-                    value: user,
-                    expected: "a user name without ':'".into(),
-                });
-            }
-            Ok(Some(Credentials {
-                user,
-                password: Secret::new(password),
-            }))
-        }
-        (Some((source, user)), None) => Err(ConfigError {
-            name: source,
-            value: user,
-            expected:
-                "SKIFF_API_PASSWORD or SKIFF_API_PASSWORD_FILE (or their flags) to be set as well"
-                    .into(),
-        }),
-        (None, Some((source, _))) => Err(ConfigError {
-            name: source,
-            value: "***".into(),
-            expected: "SKIFF_API_USER (or --api-user) to be set as well".into(),
-        }),
-    }
-}
-
 /// The origins of `SKIFF_CORS_ORIGINS`, each as a browser sends it in
 /// `Origin` (`scheme://host[:port]`, lower case), or any origin (`*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -596,135 +243,248 @@ pub enum CorsOrigins {
     List(Vec<String>),
 }
 
-impl CorsOrigins {
-    /// `None` for a bad list; `Some(None)` for an empty one (no CORS).
-    fn parse(text: &str) -> Option<Option<CorsOrigins>> {
-        if text.is_empty() {
-            return Some(None);
-        }
-        if text == "*" {
-            return Some(Some(CorsOrigins::Any));
-        }
-        let origins = text
-            .split(',')
-            .map(|o| parse_origin(o.trim()))
-            .collect::<Option<Vec<_>>>()?;
-        Some(Some(CorsOrigins::List(origins)))
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_sources(&Sources {
+            offered: &[],
+            flag: &|_| None,
+            env: &|_| None,
+        })
+        .expect("the defaults parse")
     }
 }
 
-/// An origin, serialised as browsers do: `http` or `https`, a host name or
-/// IP address, an optional port; no user info, path, query or fragment.
-fn parse_origin(text: &str) -> Option<String> {
-    let text = text.to_ascii_lowercase();
-    let rest = text
-        .strip_prefix("https://")
-        .or_else(|| text.strip_prefix("http://"))?;
-    let (host, port) = match rest.strip_prefix('[') {
-        // An IPv6 literal: [::1] or [::1]:8080.
-        Some(v6) => {
-            let (addr, after) = v6.split_once(']')?;
-            addr.parse::<std::net::Ipv6Addr>().ok()?;
-            let port = if after.is_empty() {
-                None
-            } else {
-                Some(after.strip_prefix(':')?)
-            };
-            (None, port)
+/// Where values come from: the flags, then a lookup of environment
+/// variables, for the settings the command offers only. Tests pass maps.
+pub struct Sources<'a> {
+    pub offered: &'a [&'a str],
+    /// The flag's value by setting id.
+    pub flag: &'a dyn Fn(&str) -> Option<String>,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// The settings that were given, with where from and as what text.
+#[derive(Default)]
+struct Given(Vec<(&'static str, String, String)>);
+
+impl Given {
+    fn get(&self, id: &str) -> Option<(&str, &str)> {
+        self.0
+            .iter()
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, source, raw)| (source.as_str(), raw.as_str()))
+    }
+}
+
+/// The declaration of setting `id`.
+pub fn setting(id: &str) -> &'static Setting {
+    SETTINGS
+        .iter()
+        .find(|s| s.id == id)
+        .unwrap_or_else(|| panic!("no setting {id}"))
+}
+
+impl Setting {
+    /// The flag, with the variables and the default in its help.
+    pub fn arg(&self) -> clap::Arg {
+        let mut help = format!("{} [env: {}]", self.help.trim(), self.env.join(" or "));
+        if !self.default.is_empty() {
+            help += &format!(" [default: {}]", self.default);
         }
-        None => match rest.split_once(':') {
-            Some((host, port)) => (Some(host), Some(port)),
-            None => (Some(rest), None),
-        },
-    };
-    if let Some(host) = host {
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        // Built once per process: the leak is a few bytes.
+        let value_name = self.flag.to_ascii_uppercase().replace('-', "_");
+        let value_name: &'static str = Box::leak(value_name.into_boxed_str());
+        clap::Arg::new(self.id)
+            .long(self.flag)
+            .value_name(value_name)
+            .help(help)
+    }
+
+    /// How a bad value is shown: never a secret.
+    fn shown(&self, value: &str) -> String {
+        match (self.secret, value.contains("://")) {
+            (false, _) => value.to_string(),
+            (true, true) => redact_password(value),
+            (true, false) => "***".into(),
+        }
+    }
+}
+
+impl Sources<'_> {
+    /// The value of setting `id`: parsed from its flag or first variable
+    /// (noted in `given`), else from its default.
+    fn value<T>(
+        &self,
+        id: &'static str,
+        given: &mut Given,
+        parse: fn(&str) -> parse::Parsed<T>,
+    ) -> Result<T, ConfigError> {
+        let s = setting(id);
+        let found = if self.offered.contains(&id) {
+            (self.flag)(id)
+                .map(|v| (format!("--{}", s.flag), v))
+                .or_else(|| {
+                    s.env
+                        .iter()
+                        .find_map(|var| (self.env)(var).map(|v| (var.to_string(), v)))
+                })
+        } else {
+            None
         };
-        if host.len() > 253 || !host.split('.').all(label_ok) {
-            return None;
+        match found {
+            None => Ok(parse(s.default).expect("the defaults parse")),
+            Some((source, value)) => match parse(value.trim()) {
+                Ok(v) => {
+                    given.0.push((id, source, value.trim().to_string()));
+                    Ok(v)
+                }
+                Err(expected) => Err(ConfigError {
+                    value: s.shown(&value),
+                    name: source,
+                    expected: expected.into(),
+                }),
+            },
         }
     }
-    if let Some(port) = port
-        && (port.is_empty()
-            || !port.chars().all(|c| c.is_ascii_digit())
-            || port.parse::<u16>().ok().filter(|&p| p > 0).is_none())
-    {
-        return None;
-    }
-    Some(text)
 }
 
-/// `url` with the password of its user info (`scheme://user:PASSWORD@host`)
-/// replaced by `***`, for messages.
-pub fn redact_password(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
-    };
-    let authority_end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| start + i);
-    let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i) else {
-        return url.to_string();
-    };
-    match url[start..at].find(':').map(|i| start + i) {
-        Some(colon) => format!("{}***{}", &url[..=colon], &url[at..]),
-        None => url.to_string(),
+impl Config {
+    /// Reads the settings `offered` from flags and the process environment.
+    pub fn load<O: Offer>(flags: &Flags<O>) -> Result<Self, ConfigError> {
+        Self::from_sources(&Sources {
+            offered: O::SETTINGS,
+            flag: &|id| flags.get(id).map(str::to_string),
+            env: &|name| std::env::var(name).ok(),
+        })
+    }
+
+    pub fn from_sources(src: &Sources<'_>) -> Result<Self, ConfigError> {
+        let mut given = Given::default();
+        let mut config = Config::read(src, &mut given)?;
+        config.time_zone_name = match given.get("time_zone") {
+            Some((_, name)) => name.to_string(),
+            None => setting("time_zone").default.to_string(),
+        };
+        // Set explicitly, the directory must exist: a typo would otherwise
+        // serve no scripts (the default `lua` is optional).
+        if let Some((source, dir)) = given.get("scripts_dir") {
+            config.scripts_dir_explicit = true;
+            if std::fs::read_dir(dir).is_err() {
+                return Err(ConfigError {
+                    name: source.into(),
+                    value: dir.into(),
+                    expected: "a readable directory".into(),
+                });
+            }
+        }
+        config.credentials = credentials(&config, &given)?;
+        Ok(config)
     }
 }
 
-/// Parses `250ms`, `3s`, `1.5s`, `2m`, `1h` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
-        return None;
-    }
-    let number: f64 = number.parse().ok()?;
-    let seconds_per_unit = match unit.trim() {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "us" | "µs" => 0.000_001,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => return None,
+/// `api_user` with `api_password` or `api_password_file`: both or neither.
+fn credentials(config: &Config, given: &Given) -> Result<Option<Credentials>, ConfigError> {
+    let password = match (&config.api_password, &config.api_password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(path)) => {
+            let (source, _) = given.get("api_password_file").unwrap_or_default();
+            let error = |expected: String| ConfigError {
+                name: source.into(),
+                value: path.display().to_string(),
+                expected,
+            };
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| error(format!("a readable file holding the password ({e})")))?;
+            // Secret files usually end with a newline that is not part of it.
+            let p = text.trim_end_matches(['\r', '\n']);
+            if p.is_empty() {
+                return Err(error("a file holding a non-empty password".into()));
+            }
+            Some(Secret::new(p))
+        }
+        (None, None) => None,
     };
-    Duration::try_from_secs_f64(number * seconds_per_unit)
-        .ok()
-        .filter(|d| *d <= MAX_DURATION)
+    match (&config.api_user, password) {
+        (None, None) => Ok(None),
+        (Some(user), Some(password)) => Ok(Some(Credentials {
+            user: user.clone(),
+            password,
+        })),
+        (Some(user), None) => Err(ConfigError {
+            name: given.get("api_user").unwrap_or_default().0.into(),
+            value: user.clone(),
+            expected:
+                "SKIFF_API_PASSWORD or SKIFF_API_PASSWORD_FILE (or their flags) to be set as well"
+                    .into(),
+        }),
+        (None, Some(_)) => Err(ConfigError {
+            name: given
+                .get("api_password")
+                .or_else(|| given.get("api_password_file"))
+                .unwrap_or_default()
+                .0
+                .into(),
+            value: "***".into(),
+            expected: "SKIFF_API_USER (or --api-user) to be set as well".into(),
+        }),
+    }
 }
 
-/// The longest duration accepted: every timeout and TTL is added to "now",
-/// and an `Instant` that far ahead would overflow and panic.
-const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// Which settings a command offers (and so reads).
+pub trait Offer {
+    const SETTINGS: &'static [&'static str];
+}
 
-/// Parses `65536`, `64KiB`, `64kb`, `16MiB`, `1GiB` (a bare number is bytes).
-/// Decimal units (KB, MB, GB) are powers of 1000, binary ones (KiB…) of 1024.
-pub fn parse_size(text: &str) -> Option<usize> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: usize = number.parse().ok()?;
-    let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1000 * 1000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1000 * 1000 * 1000,
-        "gib" => 1 << 30,
-        _ => return None,
-    };
-    number.checked_mul(multiplier)
+/// A command's setting flags as given (text, parsed by [`Config::load`]);
+/// as a clap `Args`, the flags of `O::SETTINGS`.
+pub struct Flags<O> {
+    values: Vec<(&'static str, String)>,
+    offer: PhantomData<O>,
+}
+
+impl<O> Flags<O> {
+    pub fn get(&self, id: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl<O> fmt::Debug for Flags<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values may be secrets: the ids given only.
+        let ids: Vec<&str> = self.values.iter().map(|(id, _)| *id).collect();
+        f.debug_struct("Flags").field("given", &ids).finish()
+    }
+}
+
+impl<O: Offer> clap::FromArgMatches for Flags<O> {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let values = O::SETTINGS
+            .iter()
+            .filter_map(|&id| matches.get_one::<String>(id).map(|v| (id, v.clone())))
+            .collect();
+        Ok(Self {
+            values,
+            offer: PhantomData,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl<O: Offer> clap::Args for Flags<O> {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.args(O::SETTINGS.iter().map(|id| setting(id).arg()))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 #[cfg(test)]
@@ -732,73 +492,24 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn load(flags: &ConfigFlags, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let env = move |name: &str| map.get(name).cloned();
-        Config::from_sources(&Sources { flags, env: &env })
-    }
-
-    #[test]
-    fn passwords_are_redacted_from_urls() {
-        for (url, shown) in [
-            (
-                "postgres://u:pw@h:5432/db?x=1",
-                "postgres://u:***@h:5432/db?x=1",
-            ),
-            ("postgres://u@h/db", "postgres://u@h/db"),
-            ("postgres://h/db?user=u@x", "postgres://h/db?user=u@x"),
-            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
-            ("sqlite://skiff.db", "sqlite://skiff.db"),
-            ("nonsense", "nonsense"),
-        ] {
-            assert_eq!(redact_password(url), shown, "{url}");
-        }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("3s"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_duration("876000h"),
-            Some(Duration::from_secs(876_000 * 3600))
-        );
-        for bad in [
-            "", "s", "3x", "-1s", "1.s", ".5s", "3 s s", "1e3s", "876001h",
-        ] {
-            assert_eq!(parse_duration(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("65536"), Some(65536));
-        assert_eq!(parse_size("64KiB"), Some(65536));
-        assert_eq!(parse_size("64kb"), Some(64000));
-        assert_eq!(parse_size("16MiB"), Some(16 << 20));
-        assert_eq!(parse_size("1GiB"), Some(1 << 30));
-        for bad in [
-            "",
-            "KiB",
-            "12XB",
-            "-1",
-            "1.5MiB",
-            "99999999999999999999999GiB",
-        ] {
-            assert_eq!(parse_size(bad), None, "{bad:?}");
-        }
+    fn load(flags: &[(&str, &str)], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let (flags, vars) = (map(flags), map(vars));
+        Config::from_sources(&Sources {
+            offered: ALL,
+            flag: &|id| flags.get(id).cloned(),
+            env: &|name| vars.get(name).cloned(),
+        })
     }
 
     #[test]
     fn defaults_match_the_contract() {
-        let c = load(&ConfigFlags::default(), &[]).unwrap();
+        let c = load(&[], &[]).unwrap();
         assert_eq!(c.port, 8080);
         assert_eq!(c.bind.to_string(), "0.0.0.0");
         assert_eq!(c.database_url, "sqlite://skiff.db");
@@ -812,15 +523,34 @@ mod tests {
         assert!(!c.scripts_watch);
         assert_eq!(c.scripts_dir, PathBuf::from("lua"));
         assert_eq!(c.ssl_cert_file, None);
+        assert_eq!(c.shutdown_delay, Duration::ZERO);
+        let d = Config::default();
+        assert_eq!((d.port, d.time_zone_name), (8080, "Asia/Tokyo".into()));
+    }
+
+    #[test]
+    fn every_setting_has_a_flag_a_variable_and_help() {
+        for s in SETTINGS {
+            assert_eq!(s.flag, s.id.replace('_', "-").replace("log-filter", "log"));
+            assert!(!s.env.is_empty() && !s.help.trim().is_empty(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_command_reads_only_the_settings_it_offers() {
+        let vars: HashMap<&str, &str> = [("SKIFF_LUA_MEMORY", "lots"), ("PORT", "9")].into();
+        let c = Config::from_sources(&Sources {
+            offered: &["port"],
+            flag: &|_| None,
+            env: &|name| vars.get(name).map(|v| v.to_string()),
+        })
+        .unwrap();
+        assert_eq!(c.port, 9);
     }
 
     #[test]
     fn credentials_and_roots_have_flags_that_win_over_the_environment() {
-        let flags = ConfigFlags {
-            api_user: Some("flag-user".into()),
-            api_password: Some("flag-pw".into()),
-            ..Default::default()
-        };
+        let flags = [("api_user", "flag-user"), ("api_password", "flag-pw")];
         let env = [
             ("SKIFF_API_USER", "env-user"),
             ("SKIFF_API_PASSWORD", "env-pw"),
@@ -828,66 +558,52 @@ mod tests {
         let creds = load(&flags, &env).unwrap().credentials.unwrap();
         assert_eq!(creds.user, "flag-user");
         assert_eq!(creds.password.expose(), "flag-pw");
-        let flags = ConfigFlags {
-            ssl_cert_file: Some("/nonexistent/roots.pem".into()),
-            ..Default::default()
-        };
+        let flags = [("ssl_cert_file", "/nonexistent/roots.pem")];
         assert_eq!(load(&flags, &[]).unwrap_err().name, "--ssl-cert-file");
-        let e = load(
-            &ConfigFlags::default(),
-            &[("SKIFF_SCRIPTS_DIR", "/nonexistent")],
-        );
+        let e = load(&[], &[("SKIFF_SCRIPTS_DIR", "/nonexistent")]);
         assert_eq!(e.unwrap_err().name, "SKIFF_SCRIPTS_DIR");
     }
 
     #[test]
     fn flags_win_over_environment_which_wins_over_defaults() {
-        let flags = ConfigFlags {
-            port: Some("9000".into()),
-            ..Default::default()
-        };
-        let c = load(&flags, &[("PORT", "7000"), ("SKIFF_IP_TIMEOUT", "250ms")]).unwrap();
-        assert_eq!(c.port, 9000);
-        assert_eq!(c.ip_timeout, Duration::from_millis(250));
-        let c = load(&ConfigFlags::default(), &[("SKIFF_PORT", "7001")]).unwrap();
-        assert_eq!(c.port, 7001);
         let c = load(
-            &ConfigFlags::default(),
-            &[("PORT", "7000"), ("SKIFF_PORT", "7001")],
+            &[("port", "9000")],
+            &[("PORT", "7000"), ("SKIFF_IP_TIMEOUT", "250ms")],
         )
         .unwrap();
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.ip_timeout, Duration::from_millis(250));
+        let c = load(&[], &[("SKIFF_PORT", "7001")]).unwrap();
+        assert_eq!(c.port, 7001);
+        let c = load(&[], &[("PORT", "7000"), ("SKIFF_PORT", "7001")]).unwrap();
         assert_eq!(c.port, 7000);
+        let c = load(
+            &[],
+            &[("RUST_LOG", "debug"), ("SKIFF_SHUTDOWN_GRACE", "1m30s")],
+        )
+        .unwrap();
+        assert_eq!(c.shutdown_grace, Duration::from_secs(90));
+        let e = load(&[], &[("RUST_LOG", "verbose")]).unwrap_err();
+        assert_eq!(e.name, "RUST_LOG");
     }
 
     #[test]
     fn bad_values_name_their_source() {
-        let e = load(&ConfigFlags::default(), &[("PORT", "eighty")]).unwrap_err();
+        let e = load(&[], &[("PORT", "eighty")]).unwrap_err();
         assert_eq!(e.name, "PORT");
         assert!(e.to_string().contains("TCP port"), "{e}");
-        let e = load(
-            &ConfigFlags::default(),
-            &[("SKIFF_REQUEST_TIMEOUT", "soon")],
-        )
-        .unwrap_err();
+        let e = load(&[], &[("SKIFF_REQUEST_TIMEOUT", "soon")]).unwrap_err();
         assert_eq!(e.name, "SKIFF_REQUEST_TIMEOUT");
-        let e = load(
-            &ConfigFlags::default(),
-            &[("SKIFF_TIME_ZONE", "Mars/Olympus")],
-        )
-        .unwrap_err();
+        let e = load(&[], &[("SKIFF_TIME_ZONE", "Mars/Olympus")]).unwrap_err();
         assert_eq!(e.name, "SKIFF_TIME_ZONE");
-        let e = load(&ConfigFlags::default(), &[("SKIFF_IDLE_TIMEOUT", "0s")]).unwrap_err();
+        let e = load(&[], &[("SKIFF_IDLE_TIMEOUT", "0s")]).unwrap_err();
         assert_eq!(e.name, "SKIFF_IDLE_TIMEOUT");
-        let flags = ConfigFlags {
-            body_limit: Some("lots".into()),
-            ..Default::default()
-        };
-        let e = load(&flags, &[]).unwrap_err();
+        let e = load(&[("body_limit", "lots")], &[]).unwrap_err();
         assert_eq!(e.name, "--body-limit");
-        let e = load(&ConfigFlags::default(), &[("DATABASE_URL", "mysql://x")]).unwrap_err();
+        let e = load(&[], &[("DATABASE_URL", "mysql://x")]).unwrap_err();
         assert_eq!(e.name, "DATABASE_URL");
         let url = "mysql://ada:s3:cr@t@db.example/app";
-        let e = load(&ConfigFlags::default(), &[("DATABASE_URL", url)]).unwrap_err();
+        let e = load(&[], &[("DATABASE_URL", url)]).unwrap_err();
         assert!(!e.to_string().contains("s3:cr"), "{e}");
         assert!(
             e.to_string().contains("mysql://ada:***@db.example/app"),
@@ -897,12 +613,9 @@ mod tests {
 
     #[test]
     fn cors_origins_are_checked_and_kept_as_browsers_send_them() {
-        let origins = |v: &str| load(&ConfigFlags::default(), &[("SKIFF_CORS_ORIGINS", v)]);
+        let origins = |v: &str| load(&[], &[("SKIFF_CORS_ORIGINS", v)]);
         assert_eq!(origins("").unwrap().cors_origins, None);
-        assert_eq!(
-            load(&ConfigFlags::default(), &[]).unwrap().cors_origins,
-            None
-        );
+        assert_eq!(load(&[], &[]).unwrap().cors_origins, None);
         assert_eq!(origins("*").unwrap().cors_origins, Some(CorsOrigins::Any));
         assert_eq!(
             origins("https://App.Example.com, http://localhost:3000,http://[::1]:8080")
@@ -939,28 +652,23 @@ mod tests {
     }
 
     #[test]
-    fn the_shutdown_delay_defaults_to_zero() {
-        let c = load(&ConfigFlags::default(), &[]).unwrap();
-        assert_eq!(c.shutdown_delay, Duration::ZERO);
-        let c = load(&ConfigFlags::default(), &[("SKIFF_SHUTDOWN_DELAY", "5s")]).unwrap();
-        assert_eq!(c.shutdown_delay, Duration::from_secs(5));
-    }
-
-    #[test]
     fn credentials_need_both_halves_and_hide_the_password() {
-        let e = load(&ConfigFlags::default(), &[("SKIFF_API_USER", "admin")]).unwrap_err();
+        let e = load(&[], &[("SKIFF_API_USER", "admin")]).unwrap_err();
         assert_eq!(e.name, "SKIFF_API_USER");
+        let e = load(&[("api_password", "hunter2")], &[]).unwrap_err();
+        assert_eq!(e.name, "--api-password");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
         let c = load(
-            &ConfigFlags::default(),
+            &[],
             &[
                 ("SKIFF_API_USER", "admin"),
                 ("SKIFF_API_PASSWORD", "hunter2"),
             ],
         )
         .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
         let creds = c.credentials.unwrap();
         assert_eq!(creds.password.expose(), "hunter2");
-        assert!(!format!("{creds:?}").contains("hunter2"));
     }
 
     #[test]
@@ -969,7 +677,7 @@ mod tests {
         let path = dir.path().join("pw");
         std::fs::write(&path, "s3cret\n").unwrap();
         let c = load(
-            &ConfigFlags::default(),
+            &[],
             &[
                 ("SKIFF_API_USER", "admin"),
                 ("SKIFF_API_PASSWORD_FILE", path.to_str().unwrap()),
@@ -978,7 +686,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.credentials.unwrap().password.expose(), "s3cret");
         let e = load(
-            &ConfigFlags::default(),
+            &[],
             &[
                 ("SKIFF_API_USER", "admin"),
                 ("SKIFF_API_PASSWORD_FILE", "/nonexistent/pw"),

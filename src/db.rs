@@ -12,7 +12,6 @@
 //! row's version (`UPDATE … WHERE id = ? AND version IN (…)`), so the check
 //! and the write are atomic on both back ends.
 
-pub mod cli;
 mod migrate;
 pub mod model;
 pub(crate) mod postgres;

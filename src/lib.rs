@@ -9,7 +9,6 @@ pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod error;
-pub mod healthcheck;
 pub mod http;
 pub mod server;
 pub mod telemetry;

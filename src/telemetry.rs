@@ -5,7 +5,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -35,9 +34,7 @@ pub fn flush_logs() {
 /// Installs the global log subscriber. Later calls are no-ops (tests build
 /// many apps in one process).
 pub fn init_logging(config: &Config) {
-    // `config` has checked that the filter parses.
-    let filter = parse_log_filter(&config.log_filter)
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let filter = config.log_filter.clone();
     let output = tracing_subscriber::fmt::layer().with_writer(stdout().clone());
     let logs = tracing_subscriber::registry().with(filter);
     let _ = match config.log_format {
@@ -52,48 +49,6 @@ pub fn init_logging(config: &Config) {
             .try_init(),
         LogFormat::Text => logs.with(output.with_ansi(false)).try_init(),
     };
-}
-
-/// `SKIFF_LOG`: a default level and `target=level` pairs, comma-separated
-/// (`info`, `skiff=debug,warn`). tracing-subscriber's `Targets`, not its
-/// `EnvFilter`: the same syntax for these, without the span and field
-/// directives that brought a regex engine (~0.4 MB of binary) along.
-///
-/// Stricter than `Targets` itself, which takes a bare word for a target to
-/// log at every level: `inf` or `verbose` would then switch every log line
-/// off. Here a bare word must be a level, and a target is written
-/// `target=level`.
-pub fn parse_log_filter(text: &str) -> Option<Targets> {
-    let directives: Vec<&str> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .collect();
-    if directives.is_empty() {
-        return None;
-    }
-    let is_level = |l: &str| {
-        ["trace", "debug", "info", "warn", "error", "off"]
-            .iter()
-            .any(|name| l.eq_ignore_ascii_case(name))
-    };
-    let is_target = |t: &str| {
-        !t.is_empty()
-            && t.split("::").all(|part| {
-                !part.is_empty()
-                    && part
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            })
-    };
-    let valid = directives.iter().all(|d| match d.split_once('=') {
-        Some((target, level)) => is_target(target.trim()) && is_level(level.trim()),
-        None => is_level(d),
-    });
-    if !valid {
-        return None;
-    }
-    directives.join(",").parse().ok()
 }
 
 pub const HTTP_REQUESTS: &str = "http_requests_total";
@@ -251,44 +206,4 @@ fn describe() {
         "skiff_build_info",
         "Build information; the value is always 1"
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_log_filter;
-
-    #[test]
-    fn log_filters_are_levels_and_target_level_pairs_only() {
-        for good in [
-            "info",
-            "WARN",
-            "off",
-            "skiff=debug,warn",
-            " info , skiff::access=off ",
-            "tower_http=trace,error",
-            "info,",
-        ] {
-            assert!(parse_log_filter(good).is_some(), "{good:?}");
-        }
-        // A bare word that is no level would be a target at every level,
-        // leaving everything else off: a typo must not silence the logs.
-        for bad in [
-            "",
-            " ",
-            ",",
-            "inf",
-            "verbose",
-            "skiff",
-            "info,skiff",
-            "skiff=loud",
-            "=info",
-            "skiff=",
-            "a b=info",
-            "[span]=info",
-            "skiff[x]=debug",
-            "::=info",
-        ] {
-            assert!(parse_log_filter(bad).is_none(), "{bad:?}");
-        }
-    }
 }

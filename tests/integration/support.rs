@@ -39,7 +39,7 @@ pub fn test_config() -> (Config, tempfile::TempDir) {
         bind: [127, 0, 0, 1].into(),
         database_url: format!("sqlite://{}", dir.path().join("skiff.db").display()),
         ip_upstream: "http://127.0.0.1:9/".into(),
-        log_filter: "warn".into(),
+        log_filter: "warn".parse().unwrap(),
         ..Config::default()
     };
     (config, dir)

@@ -38,6 +38,22 @@ fn bad_configuration_exits_2_naming_the_variable() {
 }
 
 #[test]
+fn a_bad_value_of_a_command_flag_is_one_line_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = skiff(dir.path())
+        .args(["healthcheck", "--timeout", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("--timeout") && stderr.contains("expected"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn version_names_commit_target_and_features() {
     let dir = tempfile::tempdir().unwrap();
     let out = skiff(dir.path()).arg("version").output().unwrap();

@@ -1,89 +1,102 @@
 //! `skiff migrate` and `skiff db create|drop|status|schema`, for either back
-//! end. Results go to stdout, errors to stderr with exit code 1.
+//! end. Each gives the text for stdout or the error; `cli::run` prints them
+//! (errors on stderr with exit code 1).
 
-use std::process::ExitCode;
-
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use sqlx::migrate::MigrateDatabase;
 
-use super::{Applied, Backend, DbError, MigrationState, MigrationStatus, postgres, sqlite};
-use crate::config::Config;
+use crate::config::{Config, Flags, Offer};
+use crate::db::{Applied, Backend, DbError, MigrationState, MigrationStatus, postgres, sqlite};
+
+/// The settings `skiff migrate` and `skiff db …` use.
+#[derive(Debug)]
+pub struct Database;
+
+impl Offer for Database {
+    const SETTINGS: &'static [&'static str] = &["database_url", "log_filter", "log_format"];
+}
+
+/// The flags of `migrate` and of each `db` command.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    #[command(flatten)]
+    pub flags: Flags<Database>,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
     /// Create the database (SQLite: the file; PostgreSQL: the database).
-    Create,
+    Create(DatabaseArgs),
     /// Drop the database (SQLite: the file and its WAL; PostgreSQL: the database).
-    Drop,
+    Drop(DatabaseArgs),
     /// Show applied and pending migrations.
-    Status,
+    Status(DatabaseArgs),
     /// Print the schema.
-    Schema,
+    Schema(DatabaseArgs),
 }
 
 /// Applies pending migrations and lists the ones this run applied.
-pub async fn migrate(config: &Config) -> ExitCode {
+pub async fn migrate(config: &Config) -> Result<String, DbError> {
     let url = &config.database_url;
-    report(
-        "migrate",
-        apply(url).await.map(|applied| {
-            let mut out = String::new();
-            for a in &applied {
-                out += &format!(
-                    "applied {} {} ({} ms)\n",
-                    a.version,
-                    a.description,
-                    a.elapsed.as_millis()
-                );
-            }
-            if applied.is_empty() {
-                out += &format!("{}: no pending migrations\n", describe(url));
-            } else {
-                out += &format!(
-                    "{}: {} migration(s) applied\n",
-                    describe(url),
-                    applied.len()
-                );
-            }
-            out
-        }),
-    )
+    apply(url).await.map(|applied| {
+        let mut out = String::new();
+        for a in &applied {
+            out += &format!(
+                "applied {} {} ({} ms)\n",
+                a.version,
+                a.description,
+                a.elapsed.as_millis()
+            );
+        }
+        if applied.is_empty() {
+            out += &format!("{}: no pending migrations\n", describe(url));
+        } else {
+            out += &format!(
+                "{}: {} migration(s) applied\n",
+                describe(url),
+                applied.len()
+            );
+        }
+        out
+    })
 }
 
-pub async fn run(command: DbCommand, config: &Config) -> ExitCode {
+impl DbCommand {
+    /// The command as typed, for error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DbCommand::Create(_) => "db create",
+            DbCommand::Drop(_) => "db drop",
+            DbCommand::Status(_) => "db status",
+            DbCommand::Schema(_) => "db schema",
+        }
+    }
+
+    pub fn args(&self) -> &DatabaseArgs {
+        match self {
+            DbCommand::Create(args)
+            | DbCommand::Drop(args)
+            | DbCommand::Status(args)
+            | DbCommand::Schema(args) => args,
+        }
+    }
+}
+
+pub async fn run(command: DbCommand, config: &Config) -> Result<String, DbError> {
     let url = &config.database_url;
-    let name = match command {
-        DbCommand::Create => "db create",
-        DbCommand::Drop => "db drop",
-        DbCommand::Status => "db status",
-        DbCommand::Schema => "db schema",
-    };
-    let result = match command {
-        DbCommand::Create => create(url).await.map(|created| {
+    match command {
+        DbCommand::Create(_) => create(url).await.map(|created| {
             let state = if created { "created" } else { "already exists" };
             format!("{}: {state}\n", describe(url))
         }),
-        DbCommand::Drop => drop(url).await.map(|dropped| {
+        DbCommand::Drop(_) => drop(url).await.map(|dropped| {
             let state = if dropped { "dropped" } else { "does not exist" };
             format!("{}: {state}\n", describe(url))
         }),
-        DbCommand::Status => status(url)
+        DbCommand::Status(_) => status(url)
             .await
             .map(|rows| format!("{}\n{}", describe(url), status_table(&rows))),
-        DbCommand::Schema => schema(url).await,
-    };
-    report(name, result)
-}
-
-/// Prints what the command produced (a closed pipe ends it quietly), or
-/// its error on stderr with exit code 1.
-fn report(command: &str, result: Result<String, DbError>) -> ExitCode {
-    match result {
-        Ok(text) => crate::cli::write_stdout(&text),
-        Err(e) => {
-            eprintln!("skiff {command}: {e}");
-            ExitCode::FAILURE
-        }
+        DbCommand::Schema(_) => schema(url).await,
     }
 }
 
