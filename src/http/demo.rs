@@ -6,7 +6,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use utoipa::OpenApi;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 // With the users feature, `GET /` also serves the `?id=` compatibility
 // route, so `http::users` routes and documents it (and calls [`root`]).

@@ -6,9 +6,9 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::app::AppState;
 use crate::error::{Error, Problem};
 use crate::public_ip::UpstreamError;
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(paths(ip), components(schemas(IpAnswer)))]

@@ -11,10 +11,9 @@ use axum::response::Response;
 use axum::routing::{any, get};
 use utoipa::OpenApi;
 
-use crate::app::AppState;
-use crate::error::{Error, Problem};
-use crate::http::middleware::Verbatim;
+use crate::error::{Error, Problem, Verbatim};
 use crate::lua::{LuaRequest, LuaResponse, RunError, ScriptName, Target};
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(

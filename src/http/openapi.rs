@@ -8,8 +8,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::OpenApi as Document;
 use utoipa::openapi::path::{Operation, PathItem};
 
-use crate::app::AppState;
 use crate::error::{FieldError, Problem};
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -18,9 +18,9 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::app::AppState;
 use crate::db::{DbError, PageQuery, User, UserFields, UserId, UserPatch, WriteError, model};
 use crate::error::{Error, FieldError};
+use crate::state::AppState;
 
 use auth::Authorized;
 use body::{JsonBody, UserInput, UserMergePatch};
