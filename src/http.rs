@@ -2,6 +2,7 @@
 //! together here under the shared middleware.
 
 mod demo;
+pub mod headers;
 mod health;
 mod metrics;
 pub mod middleware;

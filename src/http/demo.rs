@@ -1,11 +1,12 @@
 //! The demo routes of the guides skiff learns from: `/` and `/hello`.
 
 use axum::Router;
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use utoipa::OpenApi;
 
+use crate::http::headers::accept_quality;
 use crate::state::AppState;
 
 // With the users feature, `GET /` also serves the `?id=` compatibility
@@ -53,45 +54,13 @@ pub async fn hello() -> &'static str {
 /// Whether the `Accept` header ranks `text/html` above `text/plain`
 /// (a browser does; `curl`'s `*/*` does not).
 pub fn prefers_html(headers: &HeaderMap) -> bool {
-    let accept = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
-    quality(&accept, "text", "html") > quality(&accept, "text", "plain")
-}
-
-/// The quality the Accept header gives to `kind/sub`, by its most specific
-/// matching range (RFC 9110 §12.5.1); 0 when nothing matches.
-fn quality(accept: &str, kind: &str, sub: &str) -> f32 {
-    let mut best: Option<(u8, f32)> = None;
-    for range in accept.split(',') {
-        let mut params = range.split(';');
-        let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
-        let Some((k, s)) = media.split_once('/') else {
-            continue;
-        };
-        let specificity = match (k, s) {
-            (k, s) if k == kind && s == sub => 2,
-            (k, "*") if k == kind => 1,
-            ("*", "*") => 0,
-            _ => continue,
-        };
-        let q = params
-            .filter_map(|p| p.trim().strip_prefix("q="))
-            .find_map(|q| q.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
-        if best.is_none_or(|(spec, _)| specificity > spec) {
-            best = Some((specificity, q));
-        }
-    }
-    best.map_or(0.0, |(_, q)| q)
+    accept_quality(headers, "text", "html") > accept_quality(headers, "text", "plain")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header;
 
     fn accept(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::db::{DbError, PageQuery, User, UserFields, UserId, UserPatch, WriteError, model};
 use crate::error::{Error, FieldError};
+use crate::http::headers::first_query_param;
 use crate::state::AppState;
 
 use auth::Authorized;
@@ -115,7 +116,7 @@ impl FromRequestParts<AppState> for QueryId {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Error> {
-        match first_param(&parts.uri, "id") {
+        match first_query_param(&parts.uri, "id") {
             Some(text) => parse_id(&text).map(QueryId),
             None => Err(Error::BadRequest {
                 detail: "the id query parameter is required".into(),
@@ -127,21 +128,6 @@ impl FromRequestParts<AppState> for QueryId {
 
 fn parse_id(text: &str) -> Result<UserId, Error> {
     UserId::parse(text).ok_or_else(|| Error::NotFound(format!("no user with id {text:?}")))
-}
-
-/// The query's name/value pairs, percent-decoded, in order.
-fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
-    Query::try_from_uri(uri)
-        .map(|Query(pairs)| pairs)
-        .unwrap_or_default()
-}
-
-/// The first value of query parameter `name`.
-fn first_param(uri: &Uri, name: &str) -> Option<String> {
-    query_pairs(uri)
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
 }
 
 fn db_error(e: DbError) -> Error {
@@ -616,7 +602,7 @@ async fn root_get(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, Error> {
-    let Some(id) = first_param(&uri, "id") else {
+    let Some(id) = first_query_param(&uri, "id") else {
         return Ok(super::demo::root(headers).await);
     };
     auth::authorize(&state, &axum::http::Method::GET, &uri, &headers)?;
@@ -702,6 +688,7 @@ async fn root_delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::headers::query_pairs;
 
     fn pairs(query: &str) -> Vec<(String, String)> {
         query_pairs(&format!("/?{query}").parse().unwrap())
@@ -725,12 +712,5 @@ mod tests {
         }
         let (page, _) = page_query(&pairs("email=Ada%40Example.COM")).unwrap();
         assert_eq!(page.email_key.as_deref(), Some("ada@example.com"));
-    }
-
-    #[test]
-    fn query_ids_are_percent_decoded_and_the_first_wins() {
-        let uri: Uri = "/?a=1&id=x%2Dy&id=z".parse().unwrap();
-        assert_eq!(first_param(&uri, "id").as_deref(), Some("x-y"));
-        assert_eq!(first_param(&"/?idx=1".parse().unwrap(), "id"), None);
     }
 }
