@@ -11,7 +11,6 @@
 
 use std::sync::OnceLock;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -19,19 +18,16 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::{Error, Result};
 use crate::http::headers::{if_none_match, weighted};
 use crate::state::AppState;
 
-#[derive(OpenApi)]
-#[openapi(paths(page))]
-pub struct Api;
-
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/docs", get(page))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
         // The page's URLs are relative to `/docs`; from `/docs/` they would miss.
         .route("/docs/", get(|| async { Redirect::permanent("/docs") }))
         .route("/docs/assets/{name}", get(asset))

@@ -2,31 +2,31 @@
 //! `crate::lua`). A script's response goes out as the script made it, even
 //! a 4xx or 5xx; failures of the run itself are problems.
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
-use axum::routing::{any, get};
 use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::error::{Error, Problem, Verbatim};
 use crate::http::headers::query_pairs;
 use crate::lua::{LuaRequest, LuaResponse, RunError, ScriptName, Target};
 use crate::state::AppState;
 
+/// The tag of these routes.
 #[derive(OpenApi)]
-#[openapi(
-    paths(hello, script),
-    tags((name = "lua", description = "Lua scripts run in a sandbox with memory and time limits"))
-)]
-pub struct Api;
+#[openapi(tags((name = "lua", description = "Lua scripts run in a sandbox with memory and time limits")))]
+struct Tag;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/lua", get(hello))
-        .route("/lua/{name}", any(script))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(Tag::openapi())
+        .routes(routes!(hello))
+        // Documented for the methods OpenAPI knows; any other reaches the
+        // script too (as `axum::routing::any` did).
+        .routes(routes!(script).map(|methods| methods.fallback(script)))
 }
 
 /// `hello world`, answered by the Lua chunk `response 'hello world'` run in the sandbox.

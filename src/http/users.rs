@@ -1,4 +1,5 @@
-//! `/users`: the users REST API, and the `?id=` compatibility routes on `/`.
+//! `/users`: the users REST API (the `?id=` compatibility routes on `/` are
+//! in `users/compat.rs`).
 //!
 //! Handlers are short: the edge parses (auth, id, body, conditions) into
 //! domain types, [`crate::db::Db`] does the one atomic step, and the answer
@@ -6,34 +7,31 @@
 
 mod auth;
 mod body;
+pub(super) mod compat;
 mod preconditions;
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::db::{DbError, PageQuery, User, UserFields, UserId, UserPatch, WriteError, model};
 use crate::error::{Error, FieldError};
-use crate::http::headers::first_query_param;
 use crate::state::AppState;
 
 use auth::Authorized;
 use body::{JsonBody, UserInput, UserMergePatch};
 use preconditions::{etag, if_match_versions, none_match_fails};
 
+/// The tag and the security scheme of these routes.
 #[derive(OpenApi)]
 #[openapi(
-    paths(
-        list_users, create_user, get_user, replace_user, patch_user, delete_user,
-        root_get, root_post, root_put, root_delete
-    ),
-    components(schemas(User, UserInput, UserMergePatch)),
     modifiers(&BasicAuth),
     tags((name = "users", description = "Users, stored in SQLite or PostgreSQL.\n\n\
         - When the server is configured with credentials (SKIFF_API_USER and SKIFF_API_PASSWORD), \
@@ -71,23 +69,11 @@ impl Modify for BasicAuth {
     }
 }
 
-pub fn router(_state: &AppState) -> Router<AppState> {
-    Router::new()
-        .route("/users", get(list_users).post(create_user))
-        .route(
-            "/users/{id}",
-            get(get_user)
-                .put(replace_user)
-                .patch(patch_user)
-                .delete(delete_user),
-        )
-        .route(
-            "/",
-            get(root_get)
-                .post(root_post)
-                .put(root_put)
-                .delete(root_delete),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(Api::openapi())
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, replace_user, patch_user, delete_user))
+        .merge(compat::router())
 }
 
 /// Default and largest page size of the list.
@@ -106,23 +92,6 @@ impl FromRequestParts<AppState> for PathId {
             .map(|Path(text)| text)
             .unwrap_or_default();
         parse_id(&text).map(PathId)
-    }
-}
-
-/// A user id taken from `?id=` (the compatibility routes): required.
-struct QueryId(UserId);
-
-impl FromRequestParts<AppState> for QueryId {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Error> {
-        match first_query_param(&parts.uri, "id") {
-            Some(text) => parse_id(&text).map(QueryId),
-            None => Err(Error::BadRequest {
-                detail: "the id query parameter is required".into(),
-                errors: vec![FieldError::new("id", "is required")],
-            }),
-        }
     }
 }
 
@@ -576,110 +545,6 @@ async fn delete_user(
     _: Authorized,
     State(state): State<AppState>,
     PathId(id): PathId,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    remove(&state, id, &headers).await
-}
-
-/// `Hello World` (a landing page for browsers); with `?id=`, the user, as
-/// `GET /users/{id}` (for clients of the original `?id=` API).
-#[utoipa::path(get, path = "/", tag = "demo",
-    security((), ("basic" = [])),
-    params(
-        ("id" = Option<String>, Query, description = "A user id: answers as GET /users/{id} (credentials needed when configured)"),
-        ("If-None-Match" = Option<String>, Header, description = "With `id`: ETags the client has; a match gives 304"),
-    ),
-    responses(
-        (status = 200, description = "Without `id`: `Hello World` as text/plain, or an HTML landing page when the Accept header prefers text/html. With `id`: the user, with its ETag",
-            content((String = "text/plain", example = "Hello World"), (String = "text/html"), (User = "application/json")),
-            headers(("ETag" = String, description = "With `id`: strong entity tag of this version"))),
-        (status = 304, description = "With `id`: not modified, `If-None-Match` matched"),
-        (status = 401, description = "With `id`: credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "With `id`: no user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
-    ))]
-async fn root_get(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Result<Response, Error> {
-    let Some(id) = first_query_param(&uri, "id") else {
-        return Ok(super::demo::root(headers).await);
-    };
-    auth::authorize(&state, &axum::http::Method::GET, &uri, &headers)?;
-    show(&state, parse_id(&id)?, &headers).await
-}
-
-/// Create a user, as `POST /users` (for clients of the original API).
-#[utoipa::path(post, path = "/", tag = "users",
-    security((), ("basic" = [])),
-    request_body(content = UserInput, content_type = "application/json"),
-    responses(
-        (status = 201, description = "Created: the stored user", body = User,
-            headers(("Location" = String, description = "`/users/{id}` of the new user"),
-                    ("ETag" = String, description = "Strong entity tag of this version"))),
-        (status = 400, description = "Malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
-    ))]
-async fn root_post(
-    _: Authorized,
-    State(state): State<AppState>,
-    JsonBody(fields): JsonBody<UserFields>,
-) -> Result<Response, Error> {
-    create(&state, fields).await
-}
-
-/// Replace a user, as `PUT /users/{id}` (for clients of the original API).
-#[utoipa::path(put, path = "/", tag = "users",
-    security((), ("basic" = [])),
-    params(
-        ("id" = String, Query, description = "The user's id"),
-        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|"[!#-~]*"( *, *"[!#-~]*")*)$"#, description = "Only replace if the user's current ETag is one of these strong tags, or `*` for any"),
-    ),
-    request_body(content = UserInput, content_type = "application/json"),
-    responses(
-        (status = 200, description = "The stored user", body = User,
-            headers(("ETag" = String, description = "Strong entity tag of the new version"))),
-        (status = 400, description = "No `id`, malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
-    ))]
-async fn root_put(
-    _: Authorized,
-    State(state): State<AppState>,
-    QueryId(id): QueryId,
-    headers: HeaderMap,
-    JsonBody(fields): JsonBody<UserFields>,
-) -> Result<Response, Error> {
-    update(&state, id, &headers, fields.into()).await
-}
-
-/// Delete a user, as `DELETE /users/{id}` (for clients of the original API).
-#[utoipa::path(delete, path = "/", tag = "users",
-    security((), ("basic" = [])),
-    params(
-        ("id" = String, Query, description = "The user's id"),
-        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|"[!#-~]*"( *, *"[!#-~]*")*)$"#, description = "Only delete if the user's current ETag is one of these strong tags, or `*` for any"),
-    ),
-    responses(
-        (status = 204, description = "Deleted"),
-        (status = 400, description = "No `id`", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
-    ))]
-async fn root_delete(
-    _: Authorized,
-    State(state): State<AppState>,
-    QueryId(id): QueryId,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     remove(&state, id, &headers).await
