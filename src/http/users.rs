@@ -9,6 +9,7 @@ mod auth;
 mod body;
 pub(super) mod compat;
 mod preconditions;
+mod responses;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -28,6 +29,10 @@ use crate::state::AppState;
 use auth::Authorized;
 use body::{JsonBody, UserInput, UserMergePatch};
 use preconditions::{etag, if_match_versions, none_match_fails};
+use responses::{
+    Created, Deleted, EmailTaken, Invalid, Malformed, NoSuchUser, NotJson, Stale, Stored, TooLarge,
+    Unauthorized,
+};
 
 /// The tag and the security scheme of these routes.
 #[derive(OpenApi)]
@@ -196,7 +201,7 @@ fn page_query(pairs: &[(String, String)]) -> Result<(PageQuery, u32), Error> {
             header gives the next page", body = [User],
             headers(("Link" = String, description = "`</users?limit=N&after=ID>; rel=\"next\"` (RFC 8288), only when more users remain"))),
         (status = 400, description = "`limit` outside 1..1000 or a malformed `after`", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        Unauthorized,
     ))]
 async fn list_users(
     _: Authorized,
@@ -382,17 +387,7 @@ async fn create(state: &AppState, fields: UserFields) -> Result<Response, Error>
     security((), ("basic" = [])),
     request_body(content = UserInput, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created: the stored user", body = User,
-            headers(("Location" = String, description = "`/users/{id}` of the new user"),
-                    ("ETag" = String, description = "Strong entity tag of this version"))),
-        (status = 400, description = "Malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json",
-            example = json!({"type":"about:blank","title":"Bad Request","status":400,"detail":"the body has fields of the wrong type or unknown fields","errors":[{"field":"nickname","message":"unknown field"}]})),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json",
-            example = json!({"type":"about:blank","title":"Unprocessable Entity","status":422,"detail":"the request has invalid fields","errors":[{"field":"email","message":"must look like an address: local@domain, without spaces"}]})),
+        Created, Malformed, Unauthorized, EmailTaken, TooLarge, NotJson, Invalid,
     ))]
 async fn create_user(
     _: Authorized,
@@ -427,7 +422,7 @@ async fn show(state: &AppState, id: UserId, headers: &HeaderMap) -> Result<Respo
             headers(("ETag" = String, description = "Strong entity tag of this version"))),
         (status = 304, description = "Not modified: `If-None-Match` matched",
             headers(("ETag" = String, description = "Strong entity tag of this version"))),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        Unauthorized,
         (status = 404, description = "No user has this id (or it is malformed)", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn get_user(
@@ -463,16 +458,9 @@ async fn update(
     ),
     request_body(content = UserInput, content_type = "application/json"),
     responses(
-        (status = 200, description = "The stored user", body = User,
-            headers(("ETag" = String, description = "Strong entity tag of the new version"))),
-        (status = 400, description = "Malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        Stored, Malformed, Unauthorized,
         (status = 404, description = "No user has this id: PUT never creates", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
+        EmailTaken, Stale, TooLarge, NotJson, Invalid,
     ))]
 async fn replace_user(
     _: Authorized,
@@ -496,14 +484,7 @@ async fn replace_user(
         (UserMergePatch = "application/json"),
     )),
     responses(
-        (status = 200, description = "The stored user", body = User,
-            headers(("ETag" = String, description = "Strong entity tag of the new version"))),
-        (status = 400, description = "Malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
+        Stored, Malformed, Unauthorized, NoSuchUser, EmailTaken, Stale, TooLarge,
         (status = 415, description = "Content-Type is missing or not a JSON (merge patch) type; see Accept-Patch", body = crate::error::Problem, content_type = "application/problem+json",
             headers(("Accept-Patch" = String, description = "The media types PATCH accepts"))),
         (status = 422, description = "A well-typed but invalid value: a bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -536,10 +517,7 @@ async fn remove(state: &AppState, id: UserId, headers: &HeaderMap) -> Result<Res
         ("If-Match" = Option<String>, Header, pattern = r#"^(\*|"[!#-~]*"( *, *"[!#-~]*")*)$"#, description = "Only delete if the user's current ETag is one of these strong tags, or `*` for any"),
     ),
     responses(
-        (status = 204, description = "Deleted"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
+        Deleted, Unauthorized, NoSuchUser, Stale,
     ))]
 async fn delete_user(
     _: Authorized,

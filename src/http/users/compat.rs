@@ -11,8 +11,12 @@ use utoipa_axum::routes;
 
 use super::auth::{Authorized, authorize};
 use super::body::{JsonBody, UserInput};
+use super::responses::{
+    Created, Deleted, EmailTaken, Invalid, Malformed, NoSuchUser, NotJson, Stale, Stored, TooLarge,
+    Unauthorized,
+};
 use super::{create, parse_id, remove, show, update};
-use crate::db::{User, UserFields, UserId};
+use crate::db::{UserFields, UserId};
 use crate::error::{Error, FieldError};
 use crate::http::headers::first_query_param;
 use crate::state::AppState;
@@ -55,15 +59,7 @@ pub(in crate::http) async fn get(
     security((), ("basic" = [])),
     request_body(content = UserInput, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created: the stored user", body = User,
-            headers(("Location" = String, description = "`/users/{id}` of the new user"),
-                    ("ETag" = String, description = "Strong entity tag of this version"))),
-        (status = 400, description = "Malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
+        Created, Malformed, Unauthorized, EmailTaken, TooLarge, NotJson, Invalid,
     ))]
 async fn root_post(
     _: Authorized,
@@ -82,16 +78,9 @@ async fn root_post(
     ),
     request_body(content = UserInput, content_type = "application/json"),
     responses(
-        (status = 200, description = "The stored user", body = User,
-            headers(("ETag" = String, description = "Strong entity tag of the new version"))),
+        Stored,
         (status = 400, description = "No `id`, malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
+        Unauthorized, NoSuchUser, EmailTaken, Stale, TooLarge, NotJson, Invalid,
     ))]
 async fn root_put(
     _: Authorized,
@@ -111,11 +100,9 @@ async fn root_put(
         ("If-Match" = Option<String>, Header, pattern = r#"^(\*|"[!#-~]*"( *, *"[!#-~]*")*)$"#, description = "Only delete if the user's current ETag is one of these strong tags, or `*` for any"),
     ),
     responses(
-        (status = 204, description = "Deleted"),
+        Deleted,
         (status = 400, description = "No `id`", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
+        Unauthorized, NoSuchUser, Stale,
     ))]
 async fn root_delete(
     _: Authorized,

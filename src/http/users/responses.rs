@@ -38,38 +38,56 @@ pub struct Malformed(Problem);
 
 /// `401` (`auth.rs`).
 #[derive(IntoResponses)]
-#[response(status = 401, description = "Credentials are required and missing or wrong",
-    content_type = "application/problem+json")]
+#[response(
+    status = 401,
+    description = "Credentials are required and missing or wrong",
+    content_type = "application/problem+json"
+)]
 pub struct Unauthorized(Problem);
 
 /// `404` for an id no user has.
 #[derive(IntoResponses)]
-#[response(status = 404, description = "No user has this id",
-    content_type = "application/problem+json")]
+#[response(
+    status = 404,
+    description = "No user has this id",
+    content_type = "application/problem+json"
+)]
 pub struct NoSuchUser(Problem);
 
 /// `409`: emails are unique, ignoring case.
 #[derive(IntoResponses)]
-#[response(status = 409, description = "Another user has this email (ignoring case)",
-    content_type = "application/problem+json")]
+#[response(
+    status = 409,
+    description = "Another user has this email (ignoring case)",
+    content_type = "application/problem+json"
+)]
 pub struct EmailTaken(Problem);
 
 /// `412` (`preconditions.rs`).
 #[derive(IntoResponses)]
-#[response(status = 412, description = "`If-Match` does not match the user's current ETag",
-    content_type = "application/problem+json")]
+#[response(
+    status = 412,
+    description = "`If-Match` does not match the user's current ETag",
+    content_type = "application/problem+json"
+)]
 pub struct Stale(Problem);
 
 /// `413`, from the body limit (`SKIFF_BODY_LIMIT`).
 #[derive(IntoResponses)]
-#[response(status = 413, description = "The body is larger than the limit",
-    content_type = "application/problem+json")]
+#[response(
+    status = 413,
+    description = "The body is larger than the limit",
+    content_type = "application/problem+json"
+)]
 pub struct TooLarge(Problem);
 
 /// `415` for POST and PUT (PATCH also takes a merge patch, and says so).
 #[derive(IntoResponses)]
-#[response(status = 415, description = "Content-Type is missing or not application/json",
-    content_type = "application/problem+json")]
+#[response(
+    status = 415,
+    description = "Content-Type is missing or not application/json",
+    content_type = "application/problem+json"
+)]
 pub struct NotJson(Problem);
 
 /// `422` for POST and PUT, whose body is a whole user.
