@@ -1,16 +1,12 @@
-//! The application: its shared state, built once at start-up, and the server
-//! loop with graceful shutdown.
+//! The application: its shared state ([`crate::state`]) built once at
+//! start-up, and the server loop with graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::ops::Deref;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::state::{AppState, Shared};
 
 /// Why the service could not start (exit code 1; bad configuration is
 /// reported earlier, with exit code 2).
@@ -29,41 +25,6 @@ pub enum StartupError {
     Database(#[from] crate::db::DbError),
     #[error("{0}")]
     Other(String),
-}
-
-/// Everything handlers share, built once and passed by `State`.
-pub struct Shared {
-    pub config: Config,
-    pub metrics: PrometheusHandle,
-    draining: AtomicBool,
-    #[cfg(feature = "ip")]
-    pub ip: crate::public_ip::IpService,
-    #[cfg(feature = "lua")]
-    pub lua: crate::lua::LuaEngine,
-    #[cfg(feature = "users")]
-    pub db: crate::db::Db,
-}
-
-/// Cheap to clone: one reference count per request.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-impl AppState {
-    /// Whether shutdown has begun (readiness answers 503 from then on).
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    fn begin_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Options of `serve` that are not configuration of the service itself.
@@ -97,17 +58,16 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
-        let state = AppState(Arc::new(Shared {
+        let state = AppState::new(Shared {
             config,
             metrics,
-            draining: AtomicBool::new(false),
             #[cfg(feature = "ip")]
             ip,
             #[cfg(feature = "lua")]
             lua,
             #[cfg(feature = "users")]
             db,
-        }));
+        });
         Ok(App { state, listener })
     }
 

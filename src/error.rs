@@ -8,6 +8,12 @@ use utoipa::ToSchema;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// Marks a response whose status and body were chosen on purpose (e.g. by a
+/// Lua script), so that `http::middleware::problem_for_bare_errors` does not
+/// turn it into a problem.
+#[derive(Debug, Clone, Copy)]
+pub struct Verbatim;
+
 /// One invalid field of a request body or query.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {

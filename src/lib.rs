@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 
 #[cfg(feature = "users")]
@@ -20,5 +21,6 @@ pub mod lua;
 #[cfg(feature = "ip")]
 pub mod public_ip;
 
-pub use app::{App, AppState, ServeOptions};
+pub use app::{App, ServeOptions};
 pub use config::Config;
+pub use state::AppState;

@@ -1,21 +1,18 @@
 //! `/ip`: the server's public address, asked of an upstream.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::{Error, Problem};
 use crate::public_ip::UpstreamError;
+use crate::state::AppState;
 
-#[derive(OpenApi)]
-#[openapi(paths(ip), components(schemas(IpAnswer)))]
-pub struct Api;
-
-pub fn router() -> Router<AppState> {
-    Router::new().route("/ip", get(ip))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(ip))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -2,31 +2,31 @@
 //! `crate::lua`). A script's response goes out as the script made it, even
 //! a 4xx or 5xx; failures of the run itself are problems.
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
-use axum::routing::{any, get};
 use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
-use crate::app::AppState;
-use crate::error::{Error, Problem};
-use crate::http::middleware::Verbatim;
+use crate::error::{Error, Problem, Verbatim};
+use crate::http::headers::query_pairs;
 use crate::lua::{LuaRequest, LuaResponse, RunError, ScriptName, Target};
+use crate::state::AppState;
 
+/// The tag of these routes.
 #[derive(OpenApi)]
-#[openapi(
-    paths(hello, script),
-    tags((name = "lua", description = "Lua scripts run in a sandbox with memory and time limits"))
-)]
-pub struct Api;
+#[openapi(tags((name = "lua", description = "Lua scripts run in a sandbox with memory and time limits")))]
+struct Tag;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/lua", get(hello))
-        .route("/lua/{name}", any(script))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(Tag::openapi())
+        .routes(routes!(hello))
+        // Documented for the methods OpenAPI knows; any other reaches the
+        // script too (as `axum::routing::any` did).
+        .routes(routes!(script).map(|methods| methods.fallback(script)))
 }
 
 /// `hello world`, answered by the Lua chunk `response 'hello world'` run in the sandbox.
@@ -119,12 +119,6 @@ pub async fn refuse_unknown_script(
         .then(|| Error::NotFound(format!("no Lua script at {}", parts.uri.path())).into_response())
 }
 
-/// The decoded query pairs, in order, repeats included.
-fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
-    Query::<Vec<(String, String)>>::try_from_uri(uri)
-        .map_or_else(|_| Vec::new(), |Query(pairs)| pairs)
-}
-
 /// The script's response, marked so that the problem mapper leaves it be.
 fn verbatim(response: LuaResponse) -> Response {
     let mut out = Response::new(Body::from(response.body));
@@ -160,23 +154,6 @@ impl From<RunError> for Error {
 mod tests {
     use super::*;
     use axum::response::IntoResponse;
-
-    #[test]
-    fn query_pairs_are_decoded_in_order_with_repeats() {
-        let uri: Uri = "/lua/echo?a=1&b=%E2%9C%93&a=2&empty=&flag".parse().unwrap();
-        let pairs = query_pairs(&uri);
-        let expected = [
-            ("a", "1"),
-            ("b", "✓"),
-            ("a", "2"),
-            ("empty", ""),
-            ("flag", ""),
-        ];
-        assert_eq!(pairs.len(), expected.len());
-        for ((name, value), (en, ev)) in pairs.iter().zip(expected) {
-            assert_eq!((name.as_str(), value.as_str()), (en, ev));
-        }
-    }
 
     #[test]
     fn limit_and_busy_errors_map_to_their_statuses() {

@@ -1,20 +1,15 @@
 //! `/metrics` in the Prometheus text format.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
-#[derive(OpenApi)]
-#[openapi(paths(metrics))]
-pub struct Api;
-
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
 /// Prometheus metrics: requests by method, route template and status, latency

@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 
-use crate::app::AppState;
-use crate::error::{Error, Problem};
+use crate::error::{Error, Problem, Verbatim};
+use crate::state::AppState;
 use metrics::{Counter, Gauge, Histogram, Label, SharedString};
 use tokio::sync::Semaphore;
 use tower_http::request_id::{MakeRequestId, RequestId};
@@ -29,11 +29,6 @@ use crate::telemetry::{
 };
 
 use super::REQUEST_ID;
-
-/// Marks a response whose status and body were chosen on purpose (e.g. by a
-/// Lua script), so [`problem_for_bare_errors`] leaves it alone.
-#[derive(Debug, Clone, Copy)]
-pub struct Verbatim;
 
 /// Keeps the method label of the metrics bounded.
 fn method_label(method: &Method) -> &'static str {

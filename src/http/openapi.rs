@@ -1,15 +1,19 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations. Each
-//! resource module contributes its own `Api`; they are merged here.
+//! The OpenAPI 3.1 document. Each route's `#[utoipa::path]` is registered
+//! with its handler by `routes!` in its module's `router()`; `http::routes`
+//! gathers them on top of [`base`] (title, licence, shared tags and schemas)
+//! and [`document`] finishes what utoipa cannot say.
 
-use axum::Router;
-use axum::routing::get;
+use std::sync::OnceLock;
+
 use axum::{Json, response::IntoResponse};
 use utoipa::OpenApi;
 use utoipa::openapi::OpenApi as Document;
 use utoipa::openapi::path::{Operation, PathItem};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::{FieldError, Problem};
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,7 +22,6 @@ use crate::error::{FieldError, Problem};
         description = "A small, production-grade web API in one static binary. Every error is an RFC 9457 `application/problem+json` document.",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
-    paths(openapi_json),
     components(schemas(Problem, FieldError)),
     tags(
         (name = "demo", description = "The demo routes"),
@@ -27,22 +30,16 @@ use crate::error::{FieldError, Problem};
 )]
 struct Base;
 
-/// The whole document, for the features compiled in.
-pub fn document() -> Document {
+/// What the document says besides its routes.
+pub fn base() -> Document {
     let mut doc = Base::openapi();
     doc.info.version = crate::build_info::VERSION.into();
-    doc.merge(super::demo::Api::openapi());
-    doc.merge(super::time::Api::openapi());
-    #[cfg(feature = "ip")]
-    doc.merge(super::ip::Api::openapi());
-    #[cfg(feature = "lua")]
-    doc.merge(super::lua::Api::openapi());
-    #[cfg(feature = "users")]
-    doc.merge(super::users::Api::openapi());
-    doc.merge(super::health::Api::openapi());
-    doc.merge(super::metrics::Api::openapi());
-    #[cfg(feature = "docs")]
-    doc.merge(super::docs::Api::openapi());
+    doc
+}
+
+/// The whole document, for the features compiled in.
+pub fn document() -> Document {
+    let mut doc = super::routes().into_openapi();
     one_operation_id_per_method(&mut doc);
     #[cfg(feature = "lua")]
     if let Some(item) = doc.paths.paths.get_mut("/lua/{name}") {
@@ -100,13 +97,14 @@ pub fn document_json() -> String {
     text
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(openapi_json))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(openapi_json))
 }
 
 /// This OpenAPI document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document of this service", content_type = "application/json")))]
 pub async fn openapi_json() -> impl IntoResponse {
-    Json(document())
+    static DOCUMENT: OnceLock<Document> = OnceLock::new();
+    Json(DOCUMENT.get_or_init(document))
 }

@@ -1,24 +1,20 @@
 //! `/time`: the current time in a time zone from the tz database compiled
 //! into the binary (no `/usr/share/zoneinfo` needed).
 
-use axum::Router;
 use axum::extract::{Query, State};
-use axum::routing::get;
 use axum::{Json, extract::rejection::QueryRejection};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::{Error, FieldError, Problem};
+use crate::state::AppState;
 
-#[derive(OpenApi)]
-#[openapi(paths(time), components(schemas(TimeAnswer)))]
-pub struct Api;
-
-pub fn router() -> Router<AppState> {
-    Router::new().route("/time", get(time))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(time))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -1,4 +1,5 @@
-//! `/users`: the users REST API, and the `?id=` compatibility routes on `/`.
+//! `/users`: the users REST API (the `?id=` compatibility routes on `/` are
+//! in `users/compat.rs`).
 //!
 //! Handlers are short: the edge parses (auth, id, body, conditions) into
 //! domain types, [`crate::db::Db`] does the one atomic step, and the answer
@@ -6,33 +7,36 @@
 
 mod auth;
 mod body;
+pub(super) mod compat;
 mod preconditions;
+mod responses;
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::db::{DbError, PageQuery, User, UserFields, UserId, UserPatch, WriteError, model};
 use crate::error::{Error, FieldError};
+use crate::state::AppState;
 
 use auth::Authorized;
 use body::{JsonBody, UserInput, UserMergePatch};
 use preconditions::{etag, if_match_versions, none_match_fails};
+use responses::{
+    Created, Deleted, EmailTaken, Invalid, Malformed, NoSuchUser, NotJson, Stale, Stored, TooLarge,
+    Unauthorized,
+};
 
+/// The tag and the security scheme of these routes.
 #[derive(OpenApi)]
 #[openapi(
-    paths(
-        list_users, create_user, get_user, replace_user, patch_user, delete_user,
-        root_get, root_post, root_put, root_delete
-    ),
-    components(schemas(User, UserInput, UserMergePatch)),
     modifiers(&BasicAuth),
     tags((name = "users", description = "Users, stored in SQLite or PostgreSQL.\n\n\
         - When the server is configured with credentials (SKIFF_API_USER and SKIFF_API_PASSWORD), \
@@ -70,23 +74,11 @@ impl Modify for BasicAuth {
     }
 }
 
-pub fn router(_state: &AppState) -> Router<AppState> {
-    Router::new()
-        .route("/users", get(list_users).post(create_user))
-        .route(
-            "/users/{id}",
-            get(get_user)
-                .put(replace_user)
-                .patch(patch_user)
-                .delete(delete_user),
-        )
-        .route(
-            "/",
-            get(root_get)
-                .post(root_post)
-                .put(root_put)
-                .delete(root_delete),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(Api::openapi())
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, replace_user, patch_user, delete_user))
+        .merge(compat::router())
 }
 
 /// Default and largest page size of the list.
@@ -108,40 +100,8 @@ impl FromRequestParts<AppState> for PathId {
     }
 }
 
-/// A user id taken from `?id=` (the compatibility routes): required.
-struct QueryId(UserId);
-
-impl FromRequestParts<AppState> for QueryId {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Error> {
-        match first_param(&parts.uri, "id") {
-            Some(text) => parse_id(&text).map(QueryId),
-            None => Err(Error::BadRequest {
-                detail: "the id query parameter is required".into(),
-                errors: vec![FieldError::new("id", "is required")],
-            }),
-        }
-    }
-}
-
 fn parse_id(text: &str) -> Result<UserId, Error> {
     UserId::parse(text).ok_or_else(|| Error::NotFound(format!("no user with id {text:?}")))
-}
-
-/// The query's name/value pairs, percent-decoded, in order.
-fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
-    Query::try_from_uri(uri)
-        .map(|Query(pairs)| pairs)
-        .unwrap_or_default()
-}
-
-/// The first value of query parameter `name`.
-fn first_param(uri: &Uri, name: &str) -> Option<String> {
-    query_pairs(uri)
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
 }
 
 fn db_error(e: DbError) -> Error {
@@ -241,7 +201,7 @@ fn page_query(pairs: &[(String, String)]) -> Result<(PageQuery, u32), Error> {
             header gives the next page", body = [User],
             headers(("Link" = String, description = "`</users?limit=N&after=ID>; rel=\"next\"` (RFC 8288), only when more users remain"))),
         (status = 400, description = "`limit` outside 1..1000 or a malformed `after`", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        Unauthorized,
     ))]
 async fn list_users(
     _: Authorized,
@@ -427,17 +387,7 @@ async fn create(state: &AppState, fields: UserFields) -> Result<Response, Error>
     security((), ("basic" = [])),
     request_body(content = UserInput, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created: the stored user", body = User,
-            headers(("Location" = String, description = "`/users/{id}` of the new user"),
-                    ("ETag" = String, description = "Strong entity tag of this version"))),
-        (status = 400, description = "Malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json",
-            example = json!({"type":"about:blank","title":"Bad Request","status":400,"detail":"the body has fields of the wrong type or unknown fields","errors":[{"field":"nickname","message":"unknown field"}]})),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json",
-            example = json!({"type":"about:blank","title":"Unprocessable Entity","status":422,"detail":"the request has invalid fields","errors":[{"field":"email","message":"must look like an address: local@domain, without spaces"}]})),
+        Created, Malformed, Unauthorized, EmailTaken, TooLarge, NotJson, Invalid,
     ))]
 async fn create_user(
     _: Authorized,
@@ -472,7 +422,7 @@ async fn show(state: &AppState, id: UserId, headers: &HeaderMap) -> Result<Respo
             headers(("ETag" = String, description = "Strong entity tag of this version"))),
         (status = 304, description = "Not modified: `If-None-Match` matched",
             headers(("ETag" = String, description = "Strong entity tag of this version"))),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        Unauthorized,
         (status = 404, description = "No user has this id (or it is malformed)", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn get_user(
@@ -508,16 +458,9 @@ async fn update(
     ),
     request_body(content = UserInput, content_type = "application/json"),
     responses(
-        (status = 200, description = "The stored user", body = User,
-            headers(("ETag" = String, description = "Strong entity tag of the new version"))),
-        (status = 400, description = "Malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
+        Stored, Malformed, Unauthorized,
         (status = 404, description = "No user has this id: PUT never creates", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
+        EmailTaken, Stale, TooLarge, NotJson, Invalid,
     ))]
 async fn replace_user(
     _: Authorized,
@@ -541,14 +484,7 @@ async fn replace_user(
         (UserMergePatch = "application/json"),
     )),
     responses(
-        (status = 200, description = "The stored user", body = User,
-            headers(("ETag" = String, description = "Strong entity tag of the new version"))),
-        (status = 400, description = "Malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
+        Stored, Malformed, Unauthorized, NoSuchUser, EmailTaken, Stale, TooLarge,
         (status = 415, description = "Content-Type is missing or not a JSON (merge patch) type; see Accept-Patch", body = crate::error::Problem, content_type = "application/problem+json",
             headers(("Accept-Patch" = String, description = "The media types PATCH accepts"))),
         (status = 422, description = "A well-typed but invalid value: a bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -581,10 +517,7 @@ async fn remove(state: &AppState, id: UserId, headers: &HeaderMap) -> Result<Res
         ("If-Match" = Option<String>, Header, pattern = r#"^(\*|"[!#-~]*"( *, *"[!#-~]*")*)$"#, description = "Only delete if the user's current ETag is one of these strong tags, or `*` for any"),
     ),
     responses(
-        (status = 204, description = "Deleted"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
+        Deleted, Unauthorized, NoSuchUser, Stale,
     ))]
 async fn delete_user(
     _: Authorized,
@@ -595,113 +528,10 @@ async fn delete_user(
     remove(&state, id, &headers).await
 }
 
-/// `Hello World` (a landing page for browsers); with `?id=`, the user, as
-/// `GET /users/{id}` (for clients of the original `?id=` API).
-#[utoipa::path(get, path = "/", tag = "demo",
-    security((), ("basic" = [])),
-    params(
-        ("id" = Option<String>, Query, description = "A user id: answers as GET /users/{id} (credentials needed when configured)"),
-        ("If-None-Match" = Option<String>, Header, description = "With `id`: ETags the client has; a match gives 304"),
-    ),
-    responses(
-        (status = 200, description = "Without `id`: `Hello World` as text/plain, or an HTML landing page when the Accept header prefers text/html. With `id`: the user, with its ETag",
-            content((String = "text/plain", example = "Hello World"), (String = "text/html"), (User = "application/json")),
-            headers(("ETag" = String, description = "With `id`: strong entity tag of this version"))),
-        (status = 304, description = "With `id`: not modified, `If-None-Match` matched"),
-        (status = 401, description = "With `id`: credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "With `id`: no user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
-    ))]
-async fn root_get(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Result<Response, Error> {
-    let Some(id) = first_param(&uri, "id") else {
-        return Ok(super::demo::root(headers).await);
-    };
-    auth::authorize(&state, &axum::http::Method::GET, &uri, &headers)?;
-    show(&state, parse_id(&id)?, &headers).await
-}
-
-/// Create a user, as `POST /users` (for clients of the original API).
-#[utoipa::path(post, path = "/", tag = "users",
-    security((), ("basic" = [])),
-    request_body(content = UserInput, content_type = "application/json"),
-    responses(
-        (status = 201, description = "Created: the stored user", body = User,
-            headers(("Location" = String, description = "`/users/{id}` of the new user"),
-                    ("ETag" = String, description = "Strong entity tag of this version"))),
-        (status = 400, description = "Malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
-    ))]
-async fn root_post(
-    _: Authorized,
-    State(state): State<AppState>,
-    JsonBody(fields): JsonBody<UserFields>,
-) -> Result<Response, Error> {
-    create(&state, fields).await
-}
-
-/// Replace a user, as `PUT /users/{id}` (for clients of the original API).
-#[utoipa::path(put, path = "/", tag = "users",
-    security((), ("basic" = [])),
-    params(
-        ("id" = String, Query, description = "The user's id"),
-        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|"[!#-~]*"( *, *"[!#-~]*")*)$"#, description = "Only replace if the user's current ETag is one of these strong tags, or `*` for any"),
-    ),
-    request_body(content = UserInput, content_type = "application/json"),
-    responses(
-        (status = 200, description = "The stored user", body = User,
-            headers(("ETag" = String, description = "Strong entity tag of the new version"))),
-        (status = 400, description = "No `id`, malformed JSON, a wrong JSON type or an unknown field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another user has this email (ignoring case)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type is missing or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-typed but invalid value: a missing, bad or too long email, a too long name, `email: null`", body = crate::error::Problem, content_type = "application/problem+json"),
-    ))]
-async fn root_put(
-    _: Authorized,
-    State(state): State<AppState>,
-    QueryId(id): QueryId,
-    headers: HeaderMap,
-    JsonBody(fields): JsonBody<UserFields>,
-) -> Result<Response, Error> {
-    update(&state, id, &headers, fields.into()).await
-}
-
-/// Delete a user, as `DELETE /users/{id}` (for clients of the original API).
-#[utoipa::path(delete, path = "/", tag = "users",
-    security((), ("basic" = [])),
-    params(
-        ("id" = String, Query, description = "The user's id"),
-        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|"[!#-~]*"( *, *"[!#-~]*")*)$"#, description = "Only delete if the user's current ETag is one of these strong tags, or `*` for any"),
-    ),
-    responses(
-        (status = 204, description = "Deleted"),
-        (status = 400, description = "No `id`", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Credentials are required and missing or wrong", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No user has this id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` does not match the user's current ETag", body = crate::error::Problem, content_type = "application/problem+json"),
-    ))]
-async fn root_delete(
-    _: Authorized,
-    State(state): State<AppState>,
-    QueryId(id): QueryId,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    remove(&state, id, &headers).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::headers::query_pairs;
 
     fn pairs(query: &str) -> Vec<(String, String)> {
         query_pairs(&format!("/?{query}").parse().unwrap())
@@ -725,12 +555,5 @@ mod tests {
         }
         let (page, _) = page_query(&pairs("email=Ada%40Example.COM")).unwrap();
         assert_eq!(page.email_key.as_deref(), Some("ada@example.com"));
-    }
-
-    #[test]
-    fn query_ids_are_percent_decoded_and_the_first_wins() {
-        let uri: Uri = "/?a=1&id=x%2Dy&id=z".parse().unwrap();
-        assert_eq!(first_param(&uri, "id").as_deref(), Some("x-y"));
-        assert_eq!(first_param(&"/?idx=1".parse().unwrap(), "id"), None);
     }
 }

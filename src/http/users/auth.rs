@@ -7,9 +7,9 @@ use axum::http::{HeaderMap, Method, Uri, header};
 use base64::Engine as _;
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
 use crate::config::Credentials;
 use crate::error::Error;
+use crate::state::AppState;
 
 /// Extracting this proves the request may use the users API: either no
 /// credentials are configured, or the request carries the right ones.

@@ -16,10 +16,10 @@ use serde_json::{Value, json};
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
 use utoipa::openapi::{RefOr, schema::SchemaType};
 
-use crate::app::AppState;
 use crate::db::model::{EMAIL_PATTERN, MAX_EMAIL_CHARS, MAX_NAME_CHARS, NAME_PATTERN};
 use crate::db::{Email, Name, UserFields, UserPatch};
 use crate::error::{Error, FieldError, Problem};
+use crate::state::AppState;
 
 /// A body of type `T`, checked as this module says. As an extractor it
 /// rejects with the finished problem response.

@@ -4,71 +4,15 @@
 //! (the version grows by one each time), and never equal to another user's,
 //! so a tag sent to the wrong user cannot match by accident.
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 
 use crate::db::{User, UserId};
+use crate::http::headers::{Condition, condition, if_none_match};
 
 /// The strong ETag of this version of `user`.
 pub fn etag(user: &User) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{}.{}\"", user.id, user.version))
         .expect("a uuid and a number make a valid header value")
-}
-
-/// One entity tag of a conditional header.
-#[derive(Debug, PartialEq, Eq)]
-struct Tag<'a> {
-    weak: bool,
-    opaque: &'a str,
-}
-
-/// What a conditional header says.
-#[derive(Debug, PartialEq, Eq)]
-enum Condition<'a> {
-    /// `*`: any current representation.
-    Any,
-    Tags(Vec<Tag<'a>>),
-}
-
-/// Parses every `name` header into one condition; `None` when absent.
-/// Unparsable parts are skipped (they can match nothing).
-fn condition<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Condition<'a>> {
-    let mut values = headers.get_all(name).iter().peekable();
-    values.peek()?;
-    let mut tags = Vec::new();
-    for value in values {
-        let Ok(text) = value.to_str() else { continue };
-        if text.trim() == "*" {
-            return Some(Condition::Any);
-        }
-        tags.extend(parse_tags(text));
-    }
-    Some(Condition::Tags(tags))
-}
-
-/// `W/"a", "b"` → the tags, in order. Commas inside quotes do not split.
-fn parse_tags(mut text: &str) -> Vec<Tag<'_>> {
-    let mut tags = Vec::new();
-    loop {
-        text = text.trim_start_matches([' ', '\t', ',']);
-        if text.is_empty() {
-            return tags;
-        }
-        let weak = text.starts_with("W/");
-        if weak {
-            text = &text[2..];
-        }
-        let Some(rest) = text.strip_prefix('"') else {
-            return tags;
-        };
-        let Some(end) = rest.find('"') else {
-            return tags;
-        };
-        tags.push(Tag {
-            weak,
-            opaque: &rest[..end],
-        });
-        text = &rest[end + 1..];
-    }
 }
 
 /// The versions of user `id` that `If-Match` accepts: `None` when there is
@@ -98,11 +42,7 @@ pub fn none_match_fails(headers: &HeaderMap, user: &User) -> bool {
         .to_str()
         .expect("an etag is ASCII")
         .trim_matches('"');
-    match condition(headers, &header::IF_NONE_MATCH) {
-        None => false,
-        Some(Condition::Any) => true,
-        Some(Condition::Tags(tags)) => tags.iter().any(|t| t.opaque == current),
-    }
+    if_none_match(headers, current)
 }
 
 #[cfg(test)]
@@ -119,7 +59,7 @@ mod tests {
         u
     }
 
-    fn headers(name: HeaderName, values: &[&str]) -> HeaderMap {
+    fn headers(name: axum::http::HeaderName, values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for v in values {
             h.append(name.clone(), v.parse().unwrap());
@@ -135,28 +75,6 @@ mod tests {
         assert_ne!(etag(&u), etag(&v2));
         assert_ne!(etag(&u), etag(&user(1)));
         assert!(etag(&u).to_str().unwrap().starts_with('"'));
-    }
-
-    #[test]
-    fn tags_parse_with_weakness_lists_and_commas_inside_quotes() {
-        assert_eq!(
-            parse_tags(r#"W/"a", "b,c" ,"d""#),
-            vec![
-                Tag {
-                    weak: true,
-                    opaque: "a"
-                },
-                Tag {
-                    weak: false,
-                    opaque: "b,c"
-                },
-                Tag {
-                    weak: false,
-                    opaque: "d"
-                },
-            ]
-        );
-        assert_eq!(parse_tags("garbage"), vec![]);
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! The HTTP surface: one file per resource, each with its `router()`, put
-//! together here under the shared middleware.
+//! The HTTP surface: one file per resource, each with its `router()`
+//! declaring its routes once (handler and OpenAPI operation together, with
+//! `utoipa_axum::routes!`), put together here under the shared middleware.
 
-mod demo;
+pub mod headers;
 mod health;
+mod hello;
 mod metrics;
 pub mod middleware;
 pub mod openapi;
+mod root;
 mod time;
 
 #[cfg(feature = "docs")]
@@ -32,27 +35,47 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
+use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
 use crate::config::{Config, CorsOrigins};
+use crate::state::AppState;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The whole application router with its middleware.
-pub fn router(state: AppState) -> Router {
-    let config = &state.config;
-    let api = Router::new()
-        .merge(demo::router())
-        .merge(time::router())
-        .merge(openapi::router());
+/// The API's routes, for the features compiled in, with their OpenAPI
+/// operations: the routes that shed load under overload.
+fn api() -> OpenApiRouter<AppState> {
+    let api = OpenApiRouter::with_openapi(openapi::base())
+        .merge(root::router())
+        .merge(hello::router())
+        .merge(time::router());
     #[cfg(feature = "ip")]
     let api = api.merge(ip::router());
     #[cfg(feature = "lua")]
     let api = api.merge(lua::router());
     #[cfg(feature = "users")]
-    let api = api.merge(users::router(&state));
+    let api = api.merge(users::router());
     #[cfg(feature = "docs")]
     let api = api.merge(docs::router());
+    api.merge(openapi::router())
+}
+
+/// Probes and metrics: they always answer, even under overload.
+fn operations() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(health::router())
+        .merge(metrics::router())
+}
+
+/// Every route and its operation (for [`openapi::document`]).
+fn routes() -> OpenApiRouter<AppState> {
+    api().merge(operations())
+}
+
+/// The whole application router with its middleware.
+pub fn router(state: AppState) -> Router {
+    let config = &state.config;
+    let api = api();
     // Under overload the API sheds load; probes and metrics always answer.
     let api = if config.max_concurrency > 0 {
         let slots = Arc::new(Semaphore::new(config.max_concurrency));
@@ -63,7 +86,7 @@ pub fn router(state: AppState) -> Router {
     } else {
         api
     };
-    let routes = api.merge(health::router()).merge(metrics::router());
+    let (routes, _document) = api.merge(operations()).split_for_parts();
     layered(
         routes
             .fallback(middleware::not_found)
