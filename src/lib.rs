@@ -1,8 +1,9 @@
 //! skiff: a small, production-grade web API in one static binary.
 //!
-//! `main.rs` only calls [`cli::run`]. The service itself is an [`app::App`]
-//! built from a [`config::Config`]; its routes live in [`http`], one file per
-//! resource.
+//! `main.rs` calls [`cli::run`] (and writes the last log lines). The service
+//! itself is an [`app::App`] built from a [`config::Config`]; its routes live
+//! in [`http`], one file per resource. The README's code map lists every
+//! module.
 
 pub mod app;
 pub mod build_info;
