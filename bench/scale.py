@@ -50,8 +50,13 @@ SCENARIOS = [
 SERVERS = ["skiff", "skiff-pg", "gin"]
 COLUMNS = (
     "id, email, email_key, account_enabled, display_name, given_name, surname, "
-    "company_name, version, created_at, updated_at"
+    "company_name, version, created_at, updated_at, email_key_version"
 )
+# skiff's own email-key version (src/db/model.rs, EMAIL_KEY_VERSION): rows
+# loaded with an older one are re-keyed by `skiff serve`'s migration step, one
+# UPDATE per row (3 minutes at 1M users), which would sit inside the runs.
+# The generated emails are ASCII, where the key (NFKC case folding) is lower().
+EMAIL_KEY_VERSION = 2
 
 
 def uuid7(ms: int) -> uuid.UUID:
@@ -81,20 +86,21 @@ class Dataset:
 
     def values(self):
         for u, email, ms in self.rows:
-            yield (u.bytes, email, email.lower(), 1, "Scale User", "Scale", "User", "skiff bench", 1, ms, ms)
+            yield (u.bytes, email, email.lower(), 1, "Scale User", "Scale", "User", "skiff bench", 1, ms, ms,
+                   EMAIL_KEY_VERSION)
 
     def load_sqlite(self, path: Path) -> None:
         db = sqlite3.connect(path)
         try:
             with db:
-                db.executemany(f"INSERT INTO users ({COLUMNS}) VALUES ({','.join('?' * 11)})", self.values())
+                db.executemany(f"INSERT INTO users ({COLUMNS}) VALUES ({','.join('?' * 12)})", self.values())
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             db.close()
 
     def load_postgres(self, url: str) -> None:
         lines = (
-            f"{u}\t{email}\t{email.lower()}\tt\tScale User\tScale\tUser\tskiff bench\t1\t{ms}\t{ms}\n"
+            f"{u}\t{email}\t{email.lower()}\tt\tScale User\tScale\tUser\tskiff bench\t1\t{ms}\t{ms}\t{EMAIL_KEY_VERSION}\n"
             for u, email, ms in self.rows
         )
         data = "".join(lines)
