@@ -271,6 +271,7 @@ class Server:
     size_bytes: int = 0
     size_what: str = ""
     version: str = ""
+    about: str = ""  # a line for the report, where the label is not enough
 
     def build(self, ctx: Context) -> None: ...
 
@@ -340,12 +341,19 @@ class Skiff(Server):
         return [str(self.binary), "serve"], env
 
 
+# Go libraries from Debian's packaged sources, {import path: package}: built
+# offline with GO111MODULE=off GOPATH=/usr/share/gocode.
+GIN = {"github.com/gin-gonic/gin": "golang-github-gin-gonic-gin-dev"}
+GOPHER_LUA = {"github.com/yuin/gopher-lua": "golang-github-yuin-gopher-lua-dev"}
+
+
 class GoServer(Server):
-    def __init__(self, name, label, src, gopath_mode):
-        super().__init__(name, label, needs={"go": "golang-go"})
-        self.src, self.gopath_mode = src, gopath_mode
-        if gopath_mode:
-            self.needs["/usr/share/gocode/src/github.com/gin-gonic/gin"] = "golang-github-gin-gonic-gin-dev"
+    def __init__(self, name, label, src, debian: dict[str, str] | None = None, about=""):
+        super().__init__(name, label, needs={"go": "golang-go"}, about=about)
+        self.src, self.debian = src, debian or {}
+        self.gopath_mode = bool(self.debian)
+        for path, pkg in self.debian.items():
+            self.needs[f"/usr/share/gocode/src/{path}"] = pkg
 
     def build(self, ctx):
         self.binary = BUILD / "bin" / self.name
@@ -365,9 +373,9 @@ class GoServer(Server):
         self.size_bytes = self.binary.stat().st_size
         self.size_what = "static binary, stripped (go build -ldflags='-s -w')"
         self.version = first_line(["go", "version"])
-        if self.gopath_mode:
-            gin = first_line(["dpkg-query", "-W", "-f=${Version}", "golang-github-gin-gonic-gin-dev"])
-            self.version += f", gin {gin} (Debian)"
+        for path, pkg in self.debian.items():
+            version = first_line(["dpkg-query", "-W", "-f=${Version}", pkg])
+            self.version += f", {path.rsplit('/', 1)[-1]} {version} (Debian)"
 
     def command(self, ctx, port, workdir):
         # extra_env: e.g. SEED_FILE for gin in the scale scenario.
@@ -437,8 +445,17 @@ SERVERS: dict[str, Server] = {
         Skiff("skiff-pg", "skiff (PostgreSQL)", postgres=True),
         Skiff("skiff-quiet", "skiff, SKIFF_LOG=warn (no access log)", log="warn"),
         Skiff("skiff-glibc", "skiff, glibc build", glibc=True),
-        GoServer("go-nethttp", "Go net/http", "go-nethttp", gopath_mode=False),
-        GoServer("gin", "Go gin (in-memory)", "go-gin", gopath_mode=True),
+        GoServer("go-nethttp", "Go net/http", "go-nethttp"),
+        GoServer("gin", "Go gin (in-memory)", "go-gin", debian=GIN),
+        GoServer(
+            "gin-lua",
+            "Go gin + gopher-lua (new state per request)",
+            "go-gin-lua",
+            debian=GIN | GOPHER_LUA,
+            about="seed 001's own shape (gin, a new Lua state per request, a Go `response` function the "
+            "script calls), with gopher-lua (pure Go, Lua 5.1) standing in for the guide's cgo binding of C Lua, "
+            "which Debian does not package.",
+        ),
         Express(),
         Nginx(),
     ]
@@ -464,7 +481,7 @@ SCENARIOS: dict[str, Scenario] = {
             "/hello",
         ),
         Scenario("time", "GET /time", ["skiff", "gin"], "/time"),
-        Scenario("lua", "GET /lua", ["skiff", "nginx"], "/lua"),
+        Scenario("lua", "GET /lua", ["skiff", "nginx", "gin-lua"], "/lua"),
         # A hot set: 1,000 users (200 with --quick), all in skiff's read
         # cache. How reads fare as the table grows is `bench/run scale`.
         Scenario(
@@ -959,6 +976,7 @@ def main(argv: list[str]) -> int:
             "version": SERVERS[n].version,
             "size_bytes": SERVERS[n].size_bytes,
             "size_what": SERVERS[n].size_what,
+            "about": SERVERS[n].about,
         }
         for n in used
     }

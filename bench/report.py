@@ -299,6 +299,9 @@ def write_markdown(data: dict, summary: dict, goal_rows: list[dict]) -> str:
                 "**gin is not durable**, so this compares unlike things on purpose.",
                 "",
             ]
+        for name in p["servers"]:
+            if servers[name].get("about"):  # older results.json files have none
+                out += [f"{label(name)} is {servers[name]['about']}", ""]
         rows = []
         for name in p["servers"]:
             s = summary.get(sc, {}).get(name)
@@ -371,6 +374,10 @@ def write_markdown(data: dict, summary: dict, goal_rows: list[dict]) -> str:
             [[i["label"], f"{i['size_bytes']:,}", i["size_what"], i["version"]] for i in servers.values()],
         ),
         "",
+    ]
+    about = [f"- {i['label']} is {i['about']}" for i in servers.values() if i.get("about")]
+    out += [*about, ""] if about else []
+    out += [
         f"Toolchain: {m['tools']['rustc']}"
         + (f"; {m['tools']['postgres']}" if m["tools"]["postgres"] else "")
         + ". Shared system libraries (libc and the like) are not counted in any size.",
