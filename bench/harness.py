@@ -469,6 +469,7 @@ class Scenario:
     servers: list[str]
     path: str = "/hello"  # GET scenarios
     users: str | None = None  # get, post or mix (bench/wrk/users.lua)
+    spinners: int = 0  # clients requesting /lua/spin (a `while true do end`) during the load
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -482,6 +483,9 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario("time", "GET /time", ["skiff", "gin"], "/time"),
         Scenario("lua", "GET /lua", ["skiff", "nginx", "gin-lua"], "/lua"),
+        # /hello idle, then on the same server while 50 clients keep a script
+        # that never ends spinning to its time limit (issue 15).
+        Scenario("hello-under-lua", "GET /hello, idle and while 50 Lua scripts spin", ["skiff"], "/hello", spinners=50),
         # A hot set: 1,000 users (200 with --quick), all in skiff's read
         # cache. How reads fare as the table grows is `bench/run scale`.
         Scenario(
@@ -496,6 +500,10 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 EXPECTED_BODY = {"/hello": b"hello", "/lua": b"hello world"}
+# The spinners' script, put in skiff's scripts directory as spin.lua: it runs
+# until skiff's time limit (SKIFF_LUA_TIMEOUT, default 100 ms) ends it: a 503.
+SPIN_SCRIPT = "while true do end\n"
+SPIN_RAMP_S = 1  # the spinners run this long before /hello is measured, and after
 
 
 # --------------------------------------------------------------------------
@@ -641,6 +649,12 @@ def probe(ctx: Context, scenario: Scenario, r: Running) -> str | None:
         return f"failed: GET {scenario.path} answered {body[:100]!r}, not {want!r}"
     if scenario.path == "/time" and b"Asia/Tokyo" not in body:
         return f"failed: GET /time answered {body[:200]!r}"
+    if scenario.spinners:
+        status, _, body = request(port, "GET", "/lua/spin")
+        if status in NOT_IMPLEMENTED:
+            return f"n/a: GET /lua/spin (a script in the scripts directory) answers {status}"
+        if status != 503:
+            return f"failed: GET /lua/spin (`{SPIN_SCRIPT.strip()}`) answered {status}, not 503: {body[:200]!r}"
     if scenario.name == "lua" and isinstance(r.server, Skiff):
         _, _, metrics = request(port, "GET", "/metrics")
         if b"skiff_lua_runs_total" not in metrics:
@@ -711,13 +725,47 @@ def wrk(ctx: Context, scenario: Scenario, port: int, seconds: int, ids: Path | N
     return result
 
 
+def start_spinners(ctx: Context, scenario: Scenario, port: int, seconds: int) -> subprocess.Popen:
+    """A second wrk, bounded by -d like the first: scenario.spinners
+    connections, each keeping one GET /lua/spin in flight. It shares wrk's
+    CPU; at a few hundred requests/s it needs little of it."""
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{scenario.spinners}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(WRK_DIR / "spin.lua"),
+        f"http://127.0.0.1:{port}/lua/spin",
+    ]
+    return spawn(argv, WRK_CPU, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base_env())
+
+
+def finish_spinners(proc: subprocess.Popen, seconds: int) -> dict:
+    try:
+        out, err = proc.communicate(timeout=seconds + 60)
+    finally:
+        stop(proc)
+    line = next((ln for ln in out.splitlines() if ln.startswith("SPIN_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise BenchError(f"spinners' wrk failed ({proc.returncode}):\n{out[-1500:]}{err[-1500:]}")
+    return json.loads(line.removeprefix("SPIN_JSON "))
+
+
 def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) -> None:
     key = (scenario.name, server.name)
     if server.name in ctx.broken:
         ctx.skipped[key] = ctx.broken[server.name]
     if key in ctx.skipped:
         return
-    r = start(ctx, server)
+    workdir = fresh_workdir(ctx, server.name)
+    if scenario.spinners:
+        (workdir / "lua").mkdir()
+        (workdir / "lua" / "spin.lua").write_text(SPIN_SCRIPT)
+    r = start(ctx, server, workdir)
+    spinners, idle, spun = None, None, None
     try:
         why = probe(ctx, scenario, r)
         if why:
@@ -728,6 +776,13 @@ def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) 
         idle_anon, idle_file = rss_parts_kib(r.pids())
         if ctx.warmup:
             wrk(ctx, scenario, r.port, ctx.warmup, ids)
+        if scenario.spinners:
+            # The same server, first idle, then with the spinners going; the
+            # run's figures are those under spin, the idle ones sit beside.
+            idle = wrk(ctx, scenario, r.port, ctx.duration, ids)
+            spin_s = ctx.duration + 2 * SPIN_RAMP_S
+            spinners = start_spinners(ctx, scenario, r.port, spin_s)
+            time.sleep(SPIN_RAMP_S)
         pids = r.pids()
         cpu0, server_cpu = cpu_busy_seconds(SERVER_CPU), cpu_seconds(pids)
         out = wrk(ctx, scenario, r.port, ctx.duration, ids)
@@ -735,9 +790,13 @@ def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) 
         cpu0, server_cpu = cpu_busy_seconds(SERVER_CPU) - cpu0, cpu_seconds(pids) - server_cpu
         rss = vm_hwm_kib(pids)
         anon, file = rss_parts_kib(pids)
+        if spinners is not None:
+            spun = finish_spinners(spinners, spin_s)
         if r.proc.poll() is not None:
             raise BenchError(f"{server.name} died during the run:\n{r.log_tail()}")
     finally:
+        if spinners is not None:
+            stop(spinners)
         r.stop()
     secs = out["duration_us"] / 1e6
     e = out["errors"]
@@ -768,6 +827,26 @@ def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) 
         "cpu0_others_pct": max(0.0, 100 * (cpu0 - server_cpu) / secs),
         "startup_ms": r.startup_s * 1000,
     }
+    if spun is not None:
+        row |= {
+            "idle_rps": (idle["requests"] - idle["errors"]["status"]) / (idle["duration_us"] / 1e6),
+            "idle_p50_ms": idle["latency_us"]["p50"] / 1000,
+            "idle_p99_ms": idle["latency_us"]["p99"] / 1000,
+            "idle_p999_ms": idle["latency_us"]["p999"] / 1000,
+            "p99_delta_ms": (out["latency_us"]["p99"] - idle["latency_us"]["p99"]) / 1000,
+            "spinners": scenario.spinners,
+            "spin_requests": spun["requests"],
+            "spin_statuses": spun["statuses"],  # {"503": n}: the time limit held
+            "spin_socket_errors": sum(spun["errors"][k] for k in ("connect", "read", "write", "timeout")),
+            "spin_p50_ms": spun["latency_us"]["p50"] / 1000,
+            "spin_max_ms": spun["latency_us"]["max"] / 1000,
+        }
+        log(
+            f"{scenario.name} run {run_no} {server.name}: /hello p99 idle {row['idle_p99_ms']:.2f} ms, "
+            f"under {scenario.spinners} spinners {row['p99_ms']:.2f} ms ({row['p99_delta_ms']:+.2f} ms); "
+            f"spinners got {spun['statuses']}, {row['spin_socket_errors']} socket errors, "
+            f"median {row['spin_p50_ms']:.0f} ms"
+        )
     ctx.results.append(row)
     log(
         f"{scenario.name} run {run_no} {server.name}: {row['rps']:,.0f} req/s, p50 {row['p50_ms']:.2f} ms, "
