@@ -485,7 +485,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("lua", "GET /lua", ["skiff", "nginx", "gin-lua"], "/lua"),
         # /hello idle, then on the same server while 50 clients keep a script
         # that never ends spinning to its time limit (issue 15).
-        Scenario("hello-under-lua", "GET /hello, idle and while 50 Lua scripts spin", ["skiff"], "/hello", spinners=50),
+        Scenario("hello-under-lua", "GET /hello while 50 Lua scripts spin", ["skiff"], "/hello", spinners=50),
         # A hot set: 1,000 users (200 with --quick), all in skiff's read
         # cache. How reads fare as the table grows is `bench/run scale`.
         Scenario(

@@ -508,14 +508,29 @@ def write_chart(data: dict, summary: dict, path: Path) -> bool:
     plan = [p for p in data["plan"] if summary.get(p["scenario"])]
     if not plan:
         return False
-    sizes = [len([n for n in p["servers"] if n in summary[p["scenario"]]]) + 1.5 for p in plan]
+
+    def bars(p):
+        """(label, cell, server) per bar; hello-under-lua gets an idle bar
+        before each server's bar under spin."""
+        out = []
+        for n in p["servers"]:
+            c = summary[p["scenario"]].get(n)
+            if c is None:
+                continue
+            name = data["servers"][n]["label"]
+            if "idle_p99_ms" in c:
+                out.append((f"{name}, idle", {"rps": c["idle_rps"], "p99_ms": c["idle_p99_ms"]}, n))
+                name = f"{name}, {c['spinners']['median']:.0f} scripts spinning"
+            out.append((name, c, n))
+        return out
+
+    sizes = [len(bars(p)) + 1.5 for p in plan]
     fig, axes = plt.subplots(
         len(plan), 2, figsize=(12, 1.0 + 0.32 * sum(sizes)), squeeze=False, gridspec_kw={"height_ratios": sizes}
     )
     colours = {n: c for n, c in zip(data["servers"], plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False)}
     for row, p in enumerate(plan):
-        names = [n for n in p["servers"] if n in summary[p["scenario"]]]
-        cells = [summary[p["scenario"]][n] for n in names]
+        labels, cells, names = zip(*bars(p), strict=True)
         for col, (metric, title) in enumerate(
             (("rps", "requests/s (more is better)"), ("p99_ms", "p99 latency, ms (less is better)"))
         ):
@@ -524,7 +539,7 @@ def write_chart(data: dict, summary: dict, path: Path) -> bool:
             lo = [c[metric]["median"] - c[metric]["min"] for c in cells]
             hi = [c[metric]["max"] - c[metric]["median"] for c in cells]
             ax.barh(range(len(names)), med, xerr=[lo, hi], color=[colours[n] for n in names], capsize=3)
-            ax.set_yticks(range(len(names)), [data["servers"][n]["label"] for n in names])
+            ax.set_yticks(range(len(names)), labels)
             ax.invert_yaxis()
             ax.set_title(f"{p['title']}: {title}", fontsize=9, loc="left")
             ax.tick_params(labelsize=8)
