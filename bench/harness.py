@@ -1005,9 +1005,15 @@ def main(argv: list[str]) -> int:
     log(f"spawning /bin/true and reaping it takes {overhead:.2f} ms (the floor of a start-up figure)")
     measure_startup(ctx, used)
     total = sum(len(servers) for _, servers in plan) * ctx.runs
+    # A run with spinners measures twice (idle, then under spin) and ramps.
+    seconds = sum(
+        len(servers) * ctx.runs * (ctx.duration + ctx.warmup + 2)
+        + (len(servers) * ctx.runs * (ctx.duration + 2 * SPIN_RAMP_S) if s.spinners else 0)
+        for s, servers in plan
+    )
     log(
         f"{total} measured runs of {ctx.duration} s (+{ctx.warmup} s warm-up each): "
-        f"about {total * (ctx.duration + ctx.warmup + 2) / 60:.0f} min"
+        f"about {seconds / 60:.0f} min"
     )
     for scenario, servers in plan:
         for run_no in range(1, ctx.runs + 1):
