@@ -271,6 +271,7 @@ class Server:
     size_bytes: int = 0
     size_what: str = ""
     version: str = ""
+    about: str = ""  # a line for the report, where the label is not enough
 
     def build(self, ctx: Context) -> None: ...
 
@@ -340,12 +341,19 @@ class Skiff(Server):
         return [str(self.binary), "serve"], env
 
 
+# Go libraries from Debian's packaged sources, {import path: package}: built
+# offline with GO111MODULE=off GOPATH=/usr/share/gocode.
+GIN = {"github.com/gin-gonic/gin": "golang-github-gin-gonic-gin-dev"}
+GOPHER_LUA = {"github.com/yuin/gopher-lua": "golang-github-yuin-gopher-lua-dev"}
+
+
 class GoServer(Server):
-    def __init__(self, name, label, src, gopath_mode):
-        super().__init__(name, label, needs={"go": "golang-go"})
-        self.src, self.gopath_mode = src, gopath_mode
-        if gopath_mode:
-            self.needs["/usr/share/gocode/src/github.com/gin-gonic/gin"] = "golang-github-gin-gonic-gin-dev"
+    def __init__(self, name, label, src, debian: dict[str, str] | None = None, about=""):
+        super().__init__(name, label, needs={"go": "golang-go"}, about=about)
+        self.src, self.debian = src, debian or {}
+        self.gopath_mode = bool(self.debian)
+        for path, pkg in self.debian.items():
+            self.needs[f"/usr/share/gocode/src/{path}"] = pkg
 
     def build(self, ctx):
         self.binary = BUILD / "bin" / self.name
@@ -365,9 +373,9 @@ class GoServer(Server):
         self.size_bytes = self.binary.stat().st_size
         self.size_what = "static binary, stripped (go build -ldflags='-s -w')"
         self.version = first_line(["go", "version"])
-        if self.gopath_mode:
-            gin = first_line(["dpkg-query", "-W", "-f=${Version}", "golang-github-gin-gonic-gin-dev"])
-            self.version += f", gin {gin} (Debian)"
+        for path, pkg in self.debian.items():
+            version = first_line(["dpkg-query", "-W", "-f=${Version}", pkg])
+            self.version += f", {path.rsplit('/', 1)[-1]} {version} (Debian)"
 
     def command(self, ctx, port, workdir):
         # extra_env: e.g. SEED_FILE for gin in the scale scenario.
@@ -437,8 +445,17 @@ SERVERS: dict[str, Server] = {
         Skiff("skiff-pg", "skiff (PostgreSQL)", postgres=True),
         Skiff("skiff-quiet", "skiff, SKIFF_LOG=warn (no access log)", log="warn"),
         Skiff("skiff-glibc", "skiff, glibc build", glibc=True),
-        GoServer("go-nethttp", "Go net/http", "go-nethttp", gopath_mode=False),
-        GoServer("gin", "Go gin (in-memory)", "go-gin", gopath_mode=True),
+        GoServer("go-nethttp", "Go net/http", "go-nethttp"),
+        GoServer("gin", "Go gin (in-memory)", "go-gin", debian=GIN),
+        GoServer(
+            "gin-lua",
+            "Go gin + gopher-lua (new state per request)",
+            "go-gin-lua",
+            debian=GIN | GOPHER_LUA,
+            about="seed 001's own shape (gin, a new Lua state per request, a Go `response` function the "
+            "script calls), with gopher-lua (pure Go, Lua 5.1) standing in for the guide's cgo binding of C Lua, "
+            "which Debian does not package.",
+        ),
         Express(),
         Nginx(),
     ]
@@ -452,6 +469,7 @@ class Scenario:
     servers: list[str]
     path: str = "/hello"  # GET scenarios
     users: str | None = None  # get, post or mix (bench/wrk/users.lua)
+    spinners: int = 0  # clients requesting /lua/spin (a `while true do end`) during the load
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -464,7 +482,10 @@ SCENARIOS: dict[str, Scenario] = {
             "/hello",
         ),
         Scenario("time", "GET /time", ["skiff", "gin"], "/time"),
-        Scenario("lua", "GET /lua", ["skiff", "nginx"], "/lua"),
+        Scenario("lua", "GET /lua", ["skiff", "nginx", "gin-lua"], "/lua"),
+        # /hello idle, then on the same server while 50 clients keep a script
+        # that never ends spinning to its time limit (issue 15).
+        Scenario("hello-under-lua", "GET /hello while 50 Lua scripts spin", ["skiff"], "/hello", spinners=50),
         # A hot set: 1,000 users (200 with --quick), all in skiff's read
         # cache. How reads fare as the table grows is `bench/run scale`.
         Scenario(
@@ -479,6 +500,10 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 EXPECTED_BODY = {"/hello": b"hello", "/lua": b"hello world"}
+# The spinners' script, put in skiff's scripts directory as spin.lua: it runs
+# until skiff's time limit (SKIFF_LUA_TIMEOUT, default 100 ms) ends it: a 503.
+SPIN_SCRIPT = "while true do end\n"
+SPIN_RAMP_S = 1  # the spinners run this long before /hello is measured, and after
 
 
 # --------------------------------------------------------------------------
@@ -624,6 +649,12 @@ def probe(ctx: Context, scenario: Scenario, r: Running) -> str | None:
         return f"failed: GET {scenario.path} answered {body[:100]!r}, not {want!r}"
     if scenario.path == "/time" and b"Asia/Tokyo" not in body:
         return f"failed: GET /time answered {body[:200]!r}"
+    if scenario.spinners:
+        status, _, body = request(port, "GET", "/lua/spin")
+        if status in NOT_IMPLEMENTED:
+            return f"n/a: GET /lua/spin (a script in the scripts directory) answers {status}"
+        if status != 503:
+            return f"failed: GET /lua/spin (`{SPIN_SCRIPT.strip()}`) answered {status}, not 503: {body[:200]!r}"
     if scenario.name == "lua" and isinstance(r.server, Skiff):
         _, _, metrics = request(port, "GET", "/metrics")
         if b"skiff_lua_runs_total" not in metrics:
@@ -694,13 +725,47 @@ def wrk(ctx: Context, scenario: Scenario, port: int, seconds: int, ids: Path | N
     return result
 
 
+def start_spinners(ctx: Context, scenario: Scenario, port: int, seconds: int) -> subprocess.Popen:
+    """A second wrk, bounded by -d like the first: scenario.spinners
+    connections, each keeping one GET /lua/spin in flight. It shares wrk's
+    CPU; at a few hundred requests/s it needs little of it."""
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{scenario.spinners}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(WRK_DIR / "spin.lua"),
+        f"http://127.0.0.1:{port}/lua/spin",
+    ]
+    return spawn(argv, WRK_CPU, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base_env())
+
+
+def finish_spinners(proc: subprocess.Popen, seconds: int) -> dict:
+    try:
+        out, err = proc.communicate(timeout=seconds + 60)
+    finally:
+        stop(proc)
+    line = next((ln for ln in out.splitlines() if ln.startswith("SPIN_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise BenchError(f"spinners' wrk failed ({proc.returncode}):\n{out[-1500:]}{err[-1500:]}")
+    return json.loads(line.removeprefix("SPIN_JSON "))
+
+
 def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) -> None:
     key = (scenario.name, server.name)
     if server.name in ctx.broken:
         ctx.skipped[key] = ctx.broken[server.name]
     if key in ctx.skipped:
         return
-    r = start(ctx, server)
+    workdir = fresh_workdir(ctx, server.name)
+    if scenario.spinners:
+        (workdir / "lua").mkdir()
+        (workdir / "lua" / "spin.lua").write_text(SPIN_SCRIPT)
+    r = start(ctx, server, workdir)
+    spinners, idle, spun = None, None, None
     try:
         why = probe(ctx, scenario, r)
         if why:
@@ -711,6 +776,13 @@ def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) 
         idle_anon, idle_file = rss_parts_kib(r.pids())
         if ctx.warmup:
             wrk(ctx, scenario, r.port, ctx.warmup, ids)
+        if scenario.spinners:
+            # The same server, first idle, then with the spinners going; the
+            # run's figures are those under spin, the idle ones sit beside.
+            idle = wrk(ctx, scenario, r.port, ctx.duration, ids)
+            spin_s = ctx.duration + 2 * SPIN_RAMP_S
+            spinners = start_spinners(ctx, scenario, r.port, spin_s)
+            time.sleep(SPIN_RAMP_S)
         pids = r.pids()
         cpu0, server_cpu = cpu_busy_seconds(SERVER_CPU), cpu_seconds(pids)
         out = wrk(ctx, scenario, r.port, ctx.duration, ids)
@@ -718,9 +790,13 @@ def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) 
         cpu0, server_cpu = cpu_busy_seconds(SERVER_CPU) - cpu0, cpu_seconds(pids) - server_cpu
         rss = vm_hwm_kib(pids)
         anon, file = rss_parts_kib(pids)
+        if spinners is not None:
+            spun = finish_spinners(spinners, spin_s)
         if r.proc.poll() is not None:
             raise BenchError(f"{server.name} died during the run:\n{r.log_tail()}")
     finally:
+        if spinners is not None:
+            stop(spinners)
         r.stop()
     secs = out["duration_us"] / 1e6
     e = out["errors"]
@@ -751,6 +827,26 @@ def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) 
         "cpu0_others_pct": max(0.0, 100 * (cpu0 - server_cpu) / secs),
         "startup_ms": r.startup_s * 1000,
     }
+    if spun is not None:
+        row |= {
+            "idle_rps": (idle["requests"] - idle["errors"]["status"]) / (idle["duration_us"] / 1e6),
+            "idle_p50_ms": idle["latency_us"]["p50"] / 1000,
+            "idle_p99_ms": idle["latency_us"]["p99"] / 1000,
+            "idle_p999_ms": idle["latency_us"]["p999"] / 1000,
+            "p99_delta_ms": (out["latency_us"]["p99"] - idle["latency_us"]["p99"]) / 1000,
+            "spinners": scenario.spinners,
+            "spin_requests": spun["requests"],
+            "spin_statuses": spun["statuses"],  # {"503": n}: the time limit held
+            "spin_socket_errors": sum(spun["errors"][k] for k in ("connect", "read", "write", "timeout")),
+            "spin_p50_ms": spun["latency_us"]["p50"] / 1000,
+            "spin_max_ms": spun["latency_us"]["max"] / 1000,
+        }
+        log(
+            f"{scenario.name} run {run_no} {server.name}: /hello p99 idle {row['idle_p99_ms']:.2f} ms, "
+            f"under {scenario.spinners} spinners {row['p99_ms']:.2f} ms ({row['p99_delta_ms']:+.2f} ms); "
+            f"spinners got {spun['statuses']}, {row['spin_socket_errors']} socket errors, "
+            f"median {row['spin_p50_ms']:.0f} ms"
+        )
     ctx.results.append(row)
     log(
         f"{scenario.name} run {run_no} {server.name}: {row['rps']:,.0f} req/s, p50 {row['p50_ms']:.2f} ms, "
@@ -909,9 +1005,15 @@ def main(argv: list[str]) -> int:
     log(f"spawning /bin/true and reaping it takes {overhead:.2f} ms (the floor of a start-up figure)")
     measure_startup(ctx, used)
     total = sum(len(servers) for _, servers in plan) * ctx.runs
+    # A run with spinners measures twice (idle, then under spin) and ramps.
+    seconds = sum(
+        len(servers) * ctx.runs * (ctx.duration + ctx.warmup + 2)
+        + (len(servers) * ctx.runs * (ctx.duration + 2 * SPIN_RAMP_S) if s.spinners else 0)
+        for s, servers in plan
+    )
     log(
         f"{total} measured runs of {ctx.duration} s (+{ctx.warmup} s warm-up each): "
-        f"about {total * (ctx.duration + ctx.warmup + 2) / 60:.0f} min"
+        f"about {seconds / 60:.0f} min"
     )
     for scenario, servers in plan:
         for run_no in range(1, ctx.runs + 1):
@@ -959,6 +1061,7 @@ def main(argv: list[str]) -> int:
             "version": SERVERS[n].version,
             "size_bytes": SERVERS[n].size_bytes,
             "size_what": SERVERS[n].size_what,
+            "about": SERVERS[n].about,
         }
         for n in used
     }

@@ -24,6 +24,22 @@ METRICS = (
     "wrk_cpu_pct",
     "cpu0_others_pct",
 )
+# Only in the rows of scenarios with spinners (hello-under-lua): the same
+# server's /hello figures before the spinners started, and the spinners' own.
+SPIN_METRICS = (
+    "idle_rps",
+    "idle_p50_ms",
+    "idle_p99_ms",
+    "idle_p999_ms",
+    "p99_delta_ms",
+    "spin_requests",
+    "spin_p50_ms",
+    "spin_max_ms",
+    "spinners",
+)
+# hello-under-lua: /hello's p99 while the scripts spin counts as "within a few
+# ms of idle" up to this much above its idle p99 (issue 15).
+SPIN_P99_DELTA_MS = 5.0
 README_START, README_END = "<!-- headline:start -->", "<!-- headline:end -->"
 
 
@@ -51,6 +67,15 @@ def summarise(data: dict) -> dict:
                 cell[m] = spread(values) if values else {"median": 0, "min": 0, "max": 0, "n": 0}
             cell["non_2xx"] = sum(r["non_2xx"] for r in rows)
             cell["socket_errors"] = sum(r["socket_errors"] for r in rows)
+            if any("spin_statuses" in r for r in rows):
+                for m in SPIN_METRICS:
+                    cell[m] = spread([r[m] for r in rows])
+                statuses: dict[str, int] = {}
+                for r in rows:
+                    for status, count in r["spin_statuses"].items():
+                        statuses[status] = statuses.get(status, 0) + count
+                cell["spin_statuses"] = statuses
+                cell["spin_socket_errors"] = sum(r["spin_socket_errors"] for r in rows)
     return out
 
 
@@ -144,6 +169,20 @@ def goals(data: dict, summary: dict) -> list[dict]:
     ratio_goal(
         "GET /users/{id} (hot set) on SQLite vs gin's in-memory map", "get-user-hot", "skiff", "gin", 1.0, ">= 1.0x"
     )
+    spin = summary.get("hello-under-lua", {}).get("skiff")
+    spin_goal = "GET /hello p99 while 50 Lua scripts spin: within a few ms of idle"
+    spin_target = f"<= idle p99 + {SPIN_P99_DELTA_MS:.0f} ms"
+    if spin:
+        delta = spin["p99_delta_ms"]["median"]
+        add(
+            spin_goal,
+            spin_target,
+            f"{spin['p99_ms']['median']:.2f} ms vs {spin['idle_p99_ms']['median']:.2f} ms idle "
+            f"({delta:+.2f} ms; spinners: {statuses_text(spin['spin_statuses'])})",
+            delta <= SPIN_P99_DELTA_MS,
+        )
+    else:
+        add(spin_goal, spin_target, "not measured", None, missing_why("hello-under-lua", "skiff"))
     post = get(summary, "post-user", "skiff")
     add(
         "POST /users on SQLite, durable creates/s",
@@ -157,6 +196,13 @@ def goals(data: dict, summary: dict) -> list[dict]:
 
 # --------------------------------------------------------------------------
 # Markdown.
+
+
+def statuses_text(statuses: dict) -> str:
+    """{"503": 412, "500": 1} as "412 × 503, 1 × 500", most common first."""
+    if not statuses:
+        return "no answer"
+    return ", ".join(f"{n:,} × {code}" for code, n in sorted(statuses.items(), key=lambda kv: -kv[1]))
 
 
 def fmt_rps(v):
@@ -211,6 +257,50 @@ def headline(data: dict, summary: dict) -> str:
         ],
         rows,
     )
+
+
+def spin_section(cells: dict, names: list[str], label) -> list[str]:
+    """hello-under-lua: /hello idle and under spin side by side, and what the
+    spinners got. The table after it is the usual one, of the run under spin."""
+    out = [
+        "Each run starts the server, measures `GET /hello` idle, then starts a second wrk whose "
+        "connections each keep one `GET /lua/spin` in flight (a script that is `while true do end`, "
+        "ended by skiff's time limit, default 100 ms: a `503` is the limit holding) and, "
+        "after 1 s, measures `GET /hello` again on the same server. "
+        f"Goal: the p99 under spin within {SPIN_P99_DELTA_MS:.0f} ms of the idle one.",
+        "",
+    ]
+    rows, lines = [], []
+    for name in names:
+        c = cells.get(name)
+        if not c or "idle_p99_ms" not in c:
+            continue
+        for phase, rps, p50, p99, p999 in (
+            ("idle", "idle_rps", "idle_p50_ms", "idle_p99_ms", "idle_p999_ms"),
+            (f"{c['spinners']['median']:.0f} scripts spinning", "rps", "p50_ms", "p99_ms", "p999_ms"),
+        ):
+            rows.append(
+                [
+                    label(name),
+                    phase,
+                    cell(c[rps], fmt_rps),
+                    cell(c[p50], fmt_ms),
+                    cell(c[p99], fmt_ms),
+                    fmt_ms(c[p999]["median"]),
+                ]
+            )
+        delta = c["p99_delta_ms"]["median"]
+        lines.append(
+            f"{label(name)}: p99 {delta:+.2f} ms under spin "
+            f"({'within' if delta <= SPIN_P99_DELTA_MS else 'more than'} {SPIN_P99_DELTA_MS:.0f} ms of idle). "
+            f"The spinners' answers: {statuses_text(c['spin_statuses'])}, {c['spin_socket_errors']} socket errors "
+            f"({c['spin_requests']['median']:,.0f} per run, median); each took {fmt_ms(c['spin_p50_ms']['median'])} ms "
+            f"at the median, {fmt_ms(c['spin_max_ms']['median'])} ms at most."
+        )
+    if rows:
+        out += [md_table(["server", "GET /hello", "req/s", "p50 ms", "p99 ms", "p99.9 ms"], rows), ""]
+        out += [*lines, ""]
+    return out
 
 
 def write_markdown(data: dict, summary: dict, goal_rows: list[dict]) -> str:
@@ -270,7 +360,7 @@ def write_markdown(data: dict, summary: dict, goal_rows: list[dict]) -> str:
     ]
 
     out += [
-        "## Goals (issues 7 and 19)",
+        "## Goals (issues 7, 15 and 19)",
         "",
         md_table(
             ["goal", "target", "measured (skiff vs peer)", "status"],
@@ -299,6 +389,9 @@ def write_markdown(data: dict, summary: dict, goal_rows: list[dict]) -> str:
                 "**gin is not durable**, so this compares unlike things on purpose.",
                 "",
             ]
+        for name in p["servers"]:
+            if servers[name].get("about"):  # older results.json files have none
+                out += [f"{label(name)} is {servers[name]['about']}", ""]
         rows = []
         for name in p["servers"]:
             s = summary.get(sc, {}).get(name)
@@ -325,6 +418,7 @@ def write_markdown(data: dict, summary: dict, goal_rows: list[dict]) -> str:
                     "; ".join(remarks),
                 ]
             )
+        out += spin_section(summary.get(sc, {}), p["servers"], label) if sc == "hello-under-lua" else []
         out += [
             md_table(
                 [
@@ -371,6 +465,10 @@ def write_markdown(data: dict, summary: dict, goal_rows: list[dict]) -> str:
             [[i["label"], f"{i['size_bytes']:,}", i["size_what"], i["version"]] for i in servers.values()],
         ),
         "",
+    ]
+    about = [f"- {i['label']} is {i['about']}" for i in servers.values() if i.get("about")]
+    out += [*about, ""] if about else []
+    out += [
         f"Toolchain: {m['tools']['rustc']}"
         + (f"; {m['tools']['postgres']}" if m["tools"]["postgres"] else "")
         + ". Shared system libraries (libc and the like) are not counted in any size.",
@@ -410,14 +508,29 @@ def write_chart(data: dict, summary: dict, path: Path) -> bool:
     plan = [p for p in data["plan"] if summary.get(p["scenario"])]
     if not plan:
         return False
-    sizes = [len([n for n in p["servers"] if n in summary[p["scenario"]]]) + 1.5 for p in plan]
+
+    def bars(p):
+        """(label, cell, server) per bar; hello-under-lua gets an idle bar
+        before each server's bar under spin."""
+        out = []
+        for n in p["servers"]:
+            c = summary[p["scenario"]].get(n)
+            if c is None:
+                continue
+            name = data["servers"][n]["label"]
+            if "idle_p99_ms" in c:
+                out.append((f"{name}, idle", {"rps": c["idle_rps"], "p99_ms": c["idle_p99_ms"]}, n))
+                name = f"{name}, {c['spinners']['median']:.0f} scripts spinning"
+            out.append((name, c, n))
+        return out
+
+    sizes = [len(bars(p)) + 1.5 for p in plan]
     fig, axes = plt.subplots(
         len(plan), 2, figsize=(12, 1.0 + 0.32 * sum(sizes)), squeeze=False, gridspec_kw={"height_ratios": sizes}
     )
     colours = {n: c for n, c in zip(data["servers"], plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False)}
     for row, p in enumerate(plan):
-        names = [n for n in p["servers"] if n in summary[p["scenario"]]]
-        cells = [summary[p["scenario"]][n] for n in names]
+        labels, cells, names = zip(*bars(p), strict=True)
         for col, (metric, title) in enumerate(
             (("rps", "requests/s (more is better)"), ("p99_ms", "p99 latency, ms (less is better)"))
         ):
@@ -426,7 +539,7 @@ def write_chart(data: dict, summary: dict, path: Path) -> bool:
             lo = [c[metric]["median"] - c[metric]["min"] for c in cells]
             hi = [c[metric]["max"] - c[metric]["median"] for c in cells]
             ax.barh(range(len(names)), med, xerr=[lo, hi], color=[colours[n] for n in names], capsize=3)
-            ax.set_yticks(range(len(names)), [data["servers"][n]["label"] for n in names])
+            ax.set_yticks(range(len(names)), labels)
             ax.invert_yaxis()
             ax.set_title(f"{p['title']}: {title}", fontsize=9, loc="left")
             ax.tick_params(labelsize=8)
