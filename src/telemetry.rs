@@ -10,8 +10,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{Config, LogFormat};
 
+mod access;
 mod batched;
 
+pub use access::{AccessLine, TARGET as ACCESS_TARGET};
 pub use batched::BatchedWriter;
 
 /// stdout, batched (see [`batched`]); one per process, made by the first
@@ -22,6 +24,13 @@ fn stdout() -> &'static BatchedWriter {
     STDOUT.get_or_init(|| {
         BatchedWriter::new(std::io::stdout()).expect("can spawn the log writer thread")
     })
+}
+
+/// Appends whole lines to stdout's batch (the access log's path).
+fn append_log(lines: &[u8]) {
+    use std::io::Write;
+    use tracing_subscriber::fmt::MakeWriter;
+    let _ = stdout().make_writer().write_all(lines);
 }
 
 /// Writes out every log line buffered so far. `main` calls it last.
@@ -35,6 +44,7 @@ pub fn flush_logs() {
 /// many apps in one process).
 pub fn init_logging(config: &Config) {
     let filter = config.log_filter.clone();
+    access::set_format(config.log_format);
     let output = tracing_subscriber::fmt::layer().with_writer(stdout().clone());
     let logs = tracing_subscriber::registry().with(filter);
     let _ = match config.log_format {

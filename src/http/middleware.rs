@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tower_http::request_id::{MakeRequestId, RequestId};
 
 use crate::telemetry::{
-    BODY_TIMEOUTS, HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS, REQUESTS_SHED,
+    self, AccessLine, BODY_TIMEOUTS, HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS, REQUESTS_SHED,
 };
 
 use super::REQUEST_ID;
@@ -109,7 +109,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
     // An `Arc<str>` inside: cloning it copies no text.
     let matched = request.extensions().get::<MatchedPath>().cloned();
     // The access log's own fields, read only when it is on.
-    let logged = tracing::enabled!(target: "skiff::access", tracing::Level::INFO)
+    let logged = tracing::enabled!(target: telemetry::ACCESS_TARGET, tracing::Level::INFO)
         .then(|| AccessEntry::from_request(method, &request));
 
     let response = next.run(request).await;
@@ -198,21 +198,19 @@ impl AccessEntry {
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .map(|ua| &ua[..ua.len().min(MAX_LOGGED_USER_AGENT)]);
-        let trace_id = self.traceparent.as_ref().and_then(trace_id);
-        tracing::info!(
-            target: "skiff::access",
-            method = self.method,
-            path = self.path,
-            route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str),
-            status = self.status,
-            latency_us = self.latency_us,
+        AccessLine {
+            method: self.method,
+            path: &self.path,
+            route: self.route.as_ref().map_or("unmatched", MatchedPath::as_str),
+            status: self.status,
+            latency_us: self.latency_us,
             bytes,
-            client_addr = self.client.as_ref().map(tracing::field::display),
+            client_addr: self.client,
             user_agent,
             request_id,
-            trace_id,
-            "request"
-        );
+            trace_id: self.traceparent.as_ref().and_then(trace_id),
+        }
+        .write();
     }
 }
 
