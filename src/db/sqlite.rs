@@ -11,12 +11,14 @@
 //! [`cache`]).
 //!
 //! The store is here; [`writer`] is the writer task, [`read`] the read
-//! connections, [`cache`] the read cache, [`lock`] the one-server lock,
+//! connections, [`cache`] the read cache, [`checkpoint`] the WAL
+//! checkpoints, [`lock`] the one-server lock,
 //! [`admin`] what the `migrate` and `db` commands do, [`errors`] SQLite's
 //! result codes.
 
 mod admin;
 mod cache;
+mod checkpoint;
 pub mod errors;
 mod lock;
 mod read;
@@ -36,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use self::cache::UserCache;
+use self::checkpoint::Checkpointer;
 use self::lock::ServeLock;
 use self::read::Readers;
 use self::writer::{Job, Op, Reply, json_array, write_loop};
@@ -152,6 +155,9 @@ pub struct SqliteStore {
     queue: mpsc::Sender<Job>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Copies the WAL back into the file, off the write path (`None` in
+    /// memory).
+    checkpointer: Option<Arc<Checkpointer>>,
     /// Keeps a second server off the file (`None` in memory); released
     /// once closed.
     lock: Mutex<Option<ServeLock>>,
@@ -167,7 +173,9 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .acquire_timeout(ACQUIRE_TIMEOUT);
-        let writes = open_pool(writes, &options).await?;
+        // Checkpoints run on a thread of their own (see [`checkpoint`]).
+        let write_options = options.clone().pragma("wal_autocheckpoint", "0");
+        let writes = open_pool(writes, if memory { &options } else { &write_options }).await?;
         // Once the file is known to open (SQLite's own message names what
         // is wrong with it or its directory), before anything is served.
         let lock = if memory {
@@ -209,10 +217,24 @@ impl SqliteStore {
                 .await
                 .map_err(|e| open_error(&options, e))?
         };
+        let checkpointer = if memory {
+            None
+        } else {
+            Some(Arc::new(Checkpointer::start(
+                options.get_filename(),
+                BUSY_TIMEOUT,
+            )?))
+        };
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let (stop, stopped) = oneshot::channel();
         let cache = Arc::new(UserCache::new(CACHED_USERS));
-        let writer = tokio::spawn(write_loop(writes.clone(), cache.clone(), jobs, stopped));
+        let writer = tokio::spawn(write_loop(
+            writes.clone(),
+            cache.clone(),
+            checkpointer.clone(),
+            jobs,
+            stopped,
+        ));
         Ok(SqliteStore {
             reads,
             writes,
@@ -222,6 +244,7 @@ impl SqliteStore {
             queue,
             stop: Mutex::new(Some(stop)),
             writer: Mutex::new(Some(writer)),
+            checkpointer,
             lock: Mutex::new(lock),
         })
     }
@@ -263,7 +286,11 @@ impl SqliteStore {
             Reads::Direct(readers) => readers.close(),
             Reads::Shared(pool) => pool.close().await,
         }
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.stop();
+        }
         self.probe.close().await;
+        // The last connection to close checkpoints what is left.
         self.writes.close().await;
         self.lock.lock().expect("not poisoned").take();
     }

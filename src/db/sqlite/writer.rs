@@ -9,6 +9,7 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::UserCache;
+use super::checkpoint::Checkpointer;
 use crate::db::model::EMAIL_KEY_VERSION;
 use crate::db::{
     DB_WRITE_BATCH, DbError, Millis, User, UserId, UserPatch, UserRow, WriteError,
@@ -53,6 +54,7 @@ pub(super) fn json_array(versions: &[i64]) -> String {
 pub(super) async fn write_loop(
     pool: SqlitePool,
     cache: Arc<UserCache>,
+    checkpointer: Option<Arc<Checkpointer>>,
     mut jobs: mpsc::Receiver<Job>,
     stop: oneshot::Receiver<()>,
 ) {
@@ -90,6 +92,9 @@ pub(super) async fn write_loop(
             .collect();
         match run_batch(&pool, ops).await {
             Ok(answers) => {
+                if let Some(checkpointer) = &checkpointer {
+                    checkpointer.nudge();
+                }
                 cache.forget(changed);
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(answer);

@@ -322,3 +322,41 @@ async fn a_read_only_file_system_stops_start_up_with_a_clear_message() {
     assert_eq!(verdict, "ok");
     assert!(stored.contains(&id_of(&user)));
 }
+
+/// Checkpoints run off the write path (the writer's connection has
+/// `wal_autocheckpoint = 0`), so something else must copy the WAL back into
+/// the database file while the server runs: without it the WAL grows for
+/// as long as the server lives and every read walks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_wal_is_copied_into_the_database_file_while_serving() {
+    let (config, dir) = test_config();
+    let file = dir.path().join("skiff.db");
+    let app = spawn_with(config, dir).await;
+    let size = || std::fs::metadata(&file).map_or(0, |m| m.len());
+    let before = size();
+    // About 600 KiB of users: 150 pages and more, all first in the WAL.
+    for i in 0..600 {
+        let r = post(&app, &big_user(&format!("wal-{i}@example.com"))).await;
+        assert_eq!(r.status(), 201);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while size() < before + 500 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file is still {} bytes (was {before}) 20 s after 600 writes",
+            size()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // And what was copied is what was written.
+    let r = app
+        .client
+        .get(app.url("/users?email=wal-599@example.com"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap().as_array().unwrap().len(),
+        1
+    );
+}
