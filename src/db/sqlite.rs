@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 use self::cache::UserCache;
 use self::checkpoint::Checkpointer;
 use self::lock::ServeLock;
-use self::read::Readers;
+use self::read::{Commits, Readers};
 use self::writer::{Job, Op, Reply, json_array, write_loop};
 use super::{
     ACQUIRE_TIMEOUT, DB_POOL_CONNECTIONS, DB_POOL_MAX, DbError, Millis, PageQuery, User, UserId,
@@ -137,7 +137,7 @@ fn os_reason(path: &Path) -> Option<String> {
 /// file, the writer's sqlx connection for an in-memory database (which only
 /// that connection sees).
 enum Reads {
-    Direct(Readers),
+    Direct(Arc<Readers>),
     Shared(SqlitePool),
 }
 
@@ -194,17 +194,19 @@ impl SqliteStore {
         } else {
             super::warn_if_not_migrated(migration_status(&writes).await?);
         }
+        let commits = Commits::default();
         let reads = if memory {
             Reads::Shared(writes.clone())
         } else {
             let readers = std::thread::available_parallelism().map_or(4, |n| n.get().clamp(4, 16));
-            Reads::Direct(Readers::open(
+            Reads::Direct(Arc::new(Readers::open(
                 options.get_filename(),
                 readers,
                 BUSY_TIMEOUT,
                 READER_CACHE_KIB,
                 READER_MMAP_BYTES,
-            )?)
+                commits.clone(),
+            )?))
         };
         let probe = if memory {
             writes.clone()
@@ -217,13 +219,16 @@ impl SqliteStore {
                 .await
                 .map_err(|e| open_error(&options, e))?
         };
-        let checkpointer = if memory {
-            None
-        } else {
-            Some(Arc::new(Checkpointer::start(
-                options.get_filename(),
-                BUSY_TIMEOUT,
-            )?))
+        let checkpointer = match &reads {
+            Reads::Direct(readers) => {
+                let readers = readers.clone();
+                Some(Arc::new(Checkpointer::start(
+                    options.get_filename(),
+                    BUSY_TIMEOUT,
+                    move || readers.release_stale(),
+                )?))
+            }
+            Reads::Shared(_) => None,
         };
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let (stop, stopped) = oneshot::channel();
@@ -231,6 +236,7 @@ impl SqliteStore {
         let writer = tokio::spawn(write_loop(
             writes.clone(),
             cache.clone(),
+            commits,
             checkpointer.clone(),
             jobs,
             stopped,

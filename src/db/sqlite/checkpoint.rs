@@ -52,7 +52,13 @@ pub struct Checkpointer {
 
 impl Checkpointer {
     /// Starts checkpointing the database file `path`.
-    pub fn start(path: &Path, busy_timeout: Duration) -> Result<Self, DbError> {
+    /// `before` runs before each checkpoint (the readers end their stale
+    /// snapshots, which would hold the checkpoint back).
+    pub fn start(
+        path: &Path,
+        busy_timeout: Duration,
+        before: impl Fn() + Send + 'static,
+    ) -> Result<Self, DbError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -72,7 +78,7 @@ impl Checkpointer {
             .name("sqlite-checkpoint".into())
             .spawn({
                 let shared = shared.clone();
-                move || run(&conn, &shared)
+                move || run(&conn, &shared, before)
             })
             .map_err(|e| DbError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
         Ok(Checkpointer {
@@ -112,7 +118,7 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(conn: &Connection, shared: &Shared) {
+fn run(conn: &Connection, shared: &Shared, before: impl Fn()) {
     loop {
         let mut state = shared.lock();
         while !state.dirty && !state.stopping {
@@ -131,6 +137,7 @@ fn run(conn: &Connection, shared: &Shared) {
         }
         state.dirty = false;
         drop(state);
+        before();
         // A failure (e.g. a full disk) is tried again after the next
         // commit; the writes themselves report such errors.
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {

@@ -12,22 +12,65 @@
 //! thread hop, no waiting for a connection (one is opened when none is idle;
 //! at most [`Readers::max_idle`] are kept).
 //!
-//! Every statement runs in its own read transaction, which sees every
-//! transaction committed before it began: a read that starts after a write
-//! was acknowledged sees that write (WAL).
+//! A connection keeps its read transaction (its snapshot) open from one
+//! read to the next for as long as nothing has been committed: the writer
+//! counts its commits ([`Commits`]) before it acknowledges them, and a read
+//! that finds the count moved on starts a new transaction, which sees every
+//! commit before it. So a read that starts after a write was acknowledged
+//! sees that write (WAL), and a run of reads between two writes skips the
+//! two `fcntl` locks, the `fstat` and the WAL header check that beginning
+//! and ending a read transaction cost (about a tenth of a read past the
+//! cache at 1M users, bench/NOTES.md). An idle connection's snapshot would
+//! hold back checkpoints: [`Readers::release_stale`] ends them.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Row, params};
 
 use crate::db::{DbError, Email, Millis, Name, PageQuery, User, UserId, user_columns};
 
+/// Commits made by the writer, counted after each commit and before its
+/// writes are acknowledged.
+pub type Commits = Arc<AtomicU64>;
+
+/// A connection and the commit count its open read transaction started
+/// after (`None`: no transaction open).
+struct Reader {
+    conn: Connection,
+    snapshot: Option<u64>,
+}
+
+impl Reader {
+    /// Ends the read transaction, if one is open.
+    fn release(&mut self) -> rusqlite::Result<()> {
+        self.snapshot = None;
+        if self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.conn.execute_batch("COMMIT")
+    }
+
+    /// Makes sure the open transaction sees every commit up to `commits`.
+    fn renew(&mut self, commits: u64) -> rusqlite::Result<()> {
+        if self.snapshot == Some(commits) && !self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.release()?;
+        // Deferred: the snapshot is taken by the first read, which comes
+        // after `commits` was read.
+        self.conn.execute_batch("BEGIN")?;
+        self.snapshot = Some(commits);
+        Ok(())
+    }
+}
+
 pub struct Readers {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Reader>>,
+    commits: Commits,
     max_idle: usize,
     /// Connections open now (idle and in use).
     open: AtomicUsize,
@@ -59,10 +102,12 @@ impl Readers {
         busy_timeout: Duration,
         cache_kib: u32,
         mmap_bytes: u64,
+        commits: Commits,
     ) -> Result<Readers, DbError> {
         let readers = Readers {
             path: path.to_path_buf(),
             idle: Mutex::new(Vec::new()),
+            commits,
             max_idle,
             open: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -75,7 +120,7 @@ impl Readers {
         Ok(readers)
     }
 
-    fn connect(&self) -> Result<Connection, DbError> {
+    fn connect(&self) -> Result<Reader, DbError> {
         let conn = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -94,31 +139,55 @@ impl Readers {
         .map_err(failed)?;
         conn.set_prepared_statement_cache_capacity(8);
         self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(conn)
+        Ok(Reader {
+            conn,
+            snapshot: None,
+        })
     }
 
-    fn put_back(&self, conn: Connection) {
+    /// Keeps `reader` for the next read, its snapshot too while it is
+    /// current; a connection that cannot end its transaction is closed.
+    fn put_back(&self, mut reader: Reader) {
+        let current = self.commits.load(Ordering::SeqCst);
+        let usable = reader.snapshot == Some(current) || reader.release().is_ok();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.max_idle && !self.closed.load(Ordering::Relaxed) {
-            idle.push(conn);
+        if usable && idle.len() < self.max_idle && !self.closed.load(Ordering::Relaxed) {
+            idle.push(reader);
         } else {
             drop(idle);
             self.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
-    /// Runs `f` on an idle connection (or a new one), on this thread.
+    /// Ends the snapshots of idle connections that a commit has made
+    /// stale, so that a checkpoint can copy the whole WAL back and the WAL
+    /// can start over (the checkpointer calls it first).
+    pub fn release_stale(&self) {
+        let current = self.commits.load(Ordering::SeqCst);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let before = idle.len();
+        idle.retain_mut(|r| r.snapshot.is_none_or(|s| s == current) || r.release().is_ok());
+        self.open.fetch_sub(before - idle.len(), Ordering::Relaxed);
+    }
+
+    /// Runs `f` on an idle connection (or a new one), on this thread, in a
+    /// read transaction that sees every commit acknowledged so far.
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, DbError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(DbError::Unavailable("the database is closing".into()));
         }
         let taken = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match taken {
-            Some(conn) => conn,
+        let mut reader = match taken {
+            Some(reader) => reader,
             None => self.connect()?,
         };
-        let out = f(&conn);
-        self.put_back(conn);
+        let commits = self.commits.load(Ordering::SeqCst);
+        let out = reader.renew(commits).and_then(|()| f(&reader.conn));
+        if out.is_err() {
+            // Whatever state the failure left, the next read starts afresh.
+            let _ = reader.release();
+        }
+        self.put_back(reader);
         out.map_err(failed)
     }
 

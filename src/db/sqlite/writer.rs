@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cache::UserCache;
 use super::checkpoint::Checkpointer;
+use super::read::Commits;
 use crate::db::model::EMAIL_KEY_VERSION;
 use crate::db::{
     DB_WRITE_BATCH, DbError, Millis, User, UserId, UserPatch, UserRow, WriteError,
@@ -54,6 +55,7 @@ pub(super) fn json_array(versions: &[i64]) -> String {
 pub(super) async fn write_loop(
     pool: SqlitePool,
     cache: Arc<UserCache>,
+    commits: Commits,
     checkpointer: Option<Arc<Checkpointer>>,
     mut jobs: mpsc::Receiver<Job>,
     stop: oneshot::Receiver<()>,
@@ -90,7 +92,11 @@ pub(super) async fn write_loop(
                 Op::Update { id, .. } | Op::Delete { id, .. } => Some(*id),
             })
             .collect();
-        match run_batch(&pool, ops).await {
+        let outcome = run_batch(&pool, ops).await;
+        // Counted before anyone hears of the batch, also when its outcome
+        // is unknown: the readers' next snapshot must include it.
+        commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match outcome {
             Ok(answers) => {
                 if let Some(checkpointer) = &checkpointer {
                     checkpointer.nudge();

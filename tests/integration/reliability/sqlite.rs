@@ -334,6 +334,21 @@ async fn the_wal_is_copied_into_the_database_file_while_serving() {
     let app = spawn_with(config, dir).await;
     let size = || std::fs::metadata(&file).map_or(0, |m| m.len());
     let before = size();
+    // Readers keep their snapshots between reads: reads from several
+    // connections at once, before the writes, leave idle connections whose
+    // snapshots would hold every later checkpoint back.
+    let read = || async {
+        let r = app
+            .client
+            .get(app.url("/users?limit=5"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    for _ in 0..5 {
+        futures_util::future::join_all((0..16).map(|_| read())).await;
+    }
     // About 600 KiB of users: 150 pages and more, all first in the WAL.
     for i in 0..600 {
         let r = post(&app, &big_user(&format!("wal-{i}@example.com"))).await;
