@@ -95,6 +95,29 @@ struct RunState {
     response: RefCell<Option<LuaResponse>>,
     /// The state's allocation ceiling during the run (0 between runs).
     ceiling: Cell<usize>,
+    /// While set, the run's log lines are kept here instead of written:
+    /// an inline attempt that runs out of its slice is run again on a
+    /// worker, and only the run that answers may be seen in the log.
+    held_log: RefCell<Option<Vec<LogLine>>>,
+}
+
+/// A log line a run wrote, kept until its run is known to count.
+pub enum LogLine {
+    Text(String),
+    /// The run reached its log allowance: the rest of its lines dropped.
+    Cut,
+}
+
+/// Writes one of a run's log lines.
+fn write_log(script: &str, line: LogLine) {
+    match line {
+        LogLine::Text(text) => tracing::info!(target: "skiff::lua", script, "{text}"),
+        LogLine::Cut => tracing::warn!(
+            target: "skiff::lua",
+            script,
+            "this run wrote {MAX_LOG_PER_RUN} bytes to the log: the rest of its log lines are dropped"
+        ),
+    }
 }
 
 impl RunState {
@@ -120,6 +143,8 @@ pub struct Sandbox {
     idle_env: Table,
     idle_string_mt: Table,
     limits: Limits,
+    /// What the state held after its last full collection.
+    at_rest: Cell<usize>,
 }
 
 impl Sandbox {
@@ -187,6 +212,7 @@ impl Sandbox {
             .map_err(interpreter)?;
         lua.set_type_metatable::<LuaString>(Some(idle_string_mt.clone()));
         lua.gc_collect().map_err(interpreter)?;
+        let at_rest = Cell::new(lua.used_memory());
 
         Ok(Self {
             lua,
@@ -196,11 +222,22 @@ impl Sandbox {
             idle_env,
             idle_string_mt,
             limits,
+            at_rest,
         })
     }
 
     /// Runs `target` with `request` and returns its response.
     pub fn run(&mut self, target: &Target, request: &LuaRequest) -> Result<LuaResponse, RunError> {
+        self.run_within(target, request, self.limits.time)
+    }
+
+    /// Runs `target` with a time limit of `time` instead of the limits'.
+    pub fn run_within(
+        &mut self,
+        target: &Target,
+        request: &LuaRequest,
+        time: Duration,
+    ) -> Result<LuaResponse, RunError> {
         let script = target.display_name();
         let Some(chunk) = self.chunks.get(target).cloned() else {
             // A reload removed it after the route looked.
@@ -215,7 +252,7 @@ impl Sandbox {
             tracing::error!(script, error = %e, "cannot prepare a Lua run");
             return Err(RunError::Internal { script });
         }
-        Clock::start(self.limits.time);
+        Clock::start(time);
         let result = chunk.call::<()>(());
         Clock::stop();
         self.finish(&chunk);
@@ -225,7 +262,7 @@ impl Sandbox {
             Ok(()) => response.ok_or(RunError::NoResponse { script }),
             Err(_) if Clock::expired() => Err(RunError::TimeLimit {
                 script,
-                limit: self.limits.time,
+                limit: time,
             }),
             Err(e) if is_memory_error(&e) => Err(RunError::MemoryLimit {
                 script,
@@ -242,10 +279,48 @@ impl Sandbox {
         }
     }
 
+    /// From now on, keeps the runs' log lines (see [`Sandbox::take_log`])
+    /// instead of writing them.
+    pub fn hold_log(&self) {
+        self.run.held_log.replace(Some(Vec::new()));
+    }
+
+    /// The log lines the last run wrote, and writes them from now on.
+    pub fn take_log(&self) -> Vec<LogLine> {
+        self.run.held_log.take().unwrap_or_default()
+    }
+
+    /// Writes what [`Sandbox::take_log`] returned, as the run would have.
+    pub fn write_log(target: &Target, lines: Vec<LogLine>) {
+        if lines.is_empty() {
+            return;
+        }
+        let script = target.display_name();
+        for line in lines {
+            write_log(&script, line);
+        }
+    }
+
     /// Frees what the last run left behind. Call between runs.
     pub fn tidy(&self) {
         if let Err(e) = self.lua.gc_collect() {
             tracing::warn!(error = %e, "Lua garbage collection failed");
+        }
+        self.at_rest.set(self.lua.used_memory());
+    }
+
+    /// [`Sandbox::tidy`], if the state holds more than a 64th of the
+    /// memory limit beyond what it held after its last one; otherwise the
+    /// incremental collector, which runs as runs allocate, frees the
+    /// garbage. A full collection walks every live object, the libraries
+    /// and compiled scripts included, and costs more than a small run.
+    /// What a following run may allocate is then larger by at most that
+    /// 64th (its ceiling counts the garbage as used, and the collector may
+    /// free it), never smaller: its host copies are charged against what
+    /// it has left, garbage included, as on a tidied state.
+    pub fn tidy_if_grown(&self) {
+        if self.lua.used_memory() > self.at_rest.get() + self.limits.memory / 64 {
+            self.tidy();
         }
     }
 
@@ -314,14 +389,17 @@ fn host_functions(lua: &Lua, run: &Rc<RunState>, limits: Limits) -> mlua::Result
                 return Ok(());
             }
             state.logged.set(logged + line.len().max(1));
-            let text = String::from_utf8_lossy(line);
-            tracing::info!(target: "skiff::lua", script = %state.script.borrow(), "{text}");
+            let text = String::from_utf8_lossy(line).into_owned();
+            let mut lines = vec![LogLine::Text(text)];
             if logged + line.len() >= MAX_LOG_PER_RUN {
-                tracing::warn!(
-                    target: "skiff::lua",
-                    script = %state.script.borrow(),
-                    "this run wrote {MAX_LOG_PER_RUN} bytes to the log: the rest of its log lines are dropped"
-                );
+                lines.push(LogLine::Cut);
+            }
+            match state.held_log.borrow_mut().as_mut() {
+                Some(held) => held.extend(lines),
+                None => {
+                    let script = state.script.borrow();
+                    lines.into_iter().for_each(|line| write_log(&script, line));
+                }
             }
             Ok(())
         })?,
