@@ -1,0 +1,409 @@
+//! The fast path: a run first goes on the request's own thread, with a
+//! deadline of one short [`SLICE`] instead of the whole time limit.
+//!
+//! Handing a run to a worker thread costs two cross-thread wake-ups, each
+//! more than a typical run itself. So each thread of the async runtime has
+//! a sandbox of its own (a Lua state is not `Send`: it is born and dies on
+//! its thread), built on its first run and again after a reload, and a run
+//! starts there. The limit machinery that bounds a run to its time limit
+//! on a worker (the hook on every call and every few instructions, the
+//! pattern matcher's budget, `load`'s size cap, the guarded `pcall` and
+//! `<close>` handling) bounds it to the slice here, so a script holds an
+//! event-loop thread for about one slice at most.
+//!
+//! - A run that ends within the slice is the answer: a response, a script
+//!   error, a memory-limit error alike.
+//! - A run that outlasts the slice is thrown away and the script runs again
+//!   from the start on the worker pool, with the whole time limit. Runs are
+//!   pure: each gets a fresh environment, nothing it writes survives it,
+//!   `math.random` is reseeded from the OS for each run, its log lines are
+//!   held back until it is known to count, and the metrics count only the
+//!   run that answers. So the first attempt leaves no trace, and the
+//!   client waits at most the limit plus one slice.
+//! - A script that outlasted the slice goes straight to the pool for the
+//!   next [`STRAIGHT_TO_POOL_FOR`] (a reload forgets this): a client that
+//!   keeps sending it input that makes it spin costs the event loop one
+//!   slice (and the rebuilding of a state) per script per that period, not
+//!   one per request. So does one that hit the memory limit inline, whose
+//!   answer stands but whose state is rebuilt, as a worker's is.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::sandbox::{Limits, Sandbox};
+use super::{Current, LuaRequest, LuaResponse, RunError, Target};
+use crate::telemetry::LUA_DISPATCH;
+
+/// How long a run may hold an event-loop thread before it is moved to a
+/// worker. A typical script (the hello chunk, an echo of the request, a
+/// small JSON document) runs in 5 to 100 µs, so 1 ms leaves room for ten
+/// times that on a loaded machine; and 1 ms is about what a request
+/// already waits behind its neighbours on a busy event loop, so holding a
+/// thread that long, once per slow script and period, is not felt. A
+/// shorter slice would move scripts doing honest work (a larger JSON
+/// document) to the pool for nothing.
+pub const SLICE: Duration = Duration::from_millis(1);
+
+/// How long a script that outlasted its slice goes straight to the pool.
+/// Long enough that a client making a script spin costs the event loop a
+/// negligible share (one slice, plus rebuilding the state, per 10 s per
+/// script), short enough that a script which was slow once, say when the
+/// machine was briefly overloaded, is soon back on the fast path.
+pub const STRAIGHT_TO_POOL_FOR: Duration = Duration::from_secs(10);
+
+/// Tells engines apart in the threads' sandboxes (tests run several
+/// engines in one process; an address could be reused, a number is not).
+static NEXT_ENGINE: AtomicU64 = AtomicU64::new(0);
+
+/// This thread's sandbox, and which engine and script set it was built for.
+struct Local {
+    engine: u64,
+    generation: u64,
+    sandbox: Sandbox,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+}
+
+/// How an inline attempt ended.
+pub enum Attempt {
+    /// The answer, counted in the metrics.
+    Done(Result<LuaResponse, RunError>),
+    /// Not run inline: the script outlasted its slice recently, or this
+    /// thread has no sandbox to run it.
+    Skipped,
+    /// Stopped at the end of its slice; nothing of it is seen.
+    SliceExpired,
+}
+
+impl Attempt {
+    /// The `path` label of the dispatch metric.
+    pub fn path(&self) -> &'static str {
+        match self {
+            Attempt::Done(_) => "inline",
+            Attempt::Skipped => "pool",
+            Attempt::SliceExpired => "fallback",
+        }
+    }
+}
+
+/// The label values of the dispatch metric, registered at zero.
+pub const PATHS: [&str; 3] = ["inline", "fallback", "pool"];
+
+pub struct Inline {
+    id: u64,
+    current: Arc<Current>,
+    limits: Limits,
+    /// The slice, or the time limit if that is shorter (then the attempt
+    /// is the run, and its time-limit error is the answer).
+    slice: Duration,
+    /// The scripts that outlasted their slice lately, until when they go
+    /// straight to the pool; for the script set of that generation.
+    slow: Mutex<(u64, HashMap<Target, Instant>)>,
+}
+
+impl Inline {
+    pub fn new(current: Arc<Current>, limits: Limits) -> Self {
+        for path in PATHS {
+            metrics::counter!(LUA_DISPATCH, "path" => path).absolute(0);
+        }
+        Self::with_slice(current, limits, SLICE)
+    }
+
+    fn with_slice(current: Arc<Current>, limits: Limits, slice: Duration) -> Self {
+        Self {
+            id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
+            current,
+            limits,
+            slice: slice.min(limits.time),
+            slow: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// Runs `target` on this thread within the slice, unless it outlasted
+    /// its slice lately.
+    pub fn attempt(&self, target: &Target, request: &LuaRequest) -> Attempt {
+        let attempt = if self.was_slow(target) {
+            Attempt::Skipped
+        } else {
+            LOCAL
+                .try_with(|local| self.run(&mut local.borrow_mut(), target, request))
+                .unwrap_or(Attempt::Skipped)
+        };
+        metrics::counter!(LUA_DISPATCH, "path" => attempt.path()).increment(1);
+        attempt
+    }
+
+    fn run(&self, local: &mut Option<Local>, target: &Target, request: &LuaRequest) -> Attempt {
+        let generation = self.current.generation();
+        if !local
+            .as_ref()
+            .is_some_and(|l| l.engine == self.id && l.generation == generation)
+        {
+            // The old state goes first: never two at once on a thread.
+            *local = None;
+            let (generation, scripts) = self.current.get();
+            match Sandbox::new(&scripts, self.limits) {
+                Ok(sandbox) => {
+                    *local = Some(Local {
+                        engine: self.id,
+                        generation,
+                        sandbox,
+                    })
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build a Lua state on this thread: running on a worker");
+                    return Attempt::Skipped;
+                }
+            }
+        }
+        let Some(Local {
+            sandbox,
+            generation,
+            ..
+        }) = local.as_mut()
+        else {
+            return Attempt::Skipped;
+        };
+        let generation = *generation;
+
+        sandbox.hold_log();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            sandbox.run_within(target, request, self.slice)
+        }));
+        let lines = sandbox.take_log();
+        match outcome {
+            Ok(Err(RunError::TimeLimit { .. })) if self.slice < self.limits.time => {
+                // Cut somewhere: the next run here starts from a new state.
+                *local = None;
+                self.mark_slow(target, generation);
+                Attempt::SliceExpired
+            }
+            Ok(result) => {
+                Sandbox::write_log(target, lines);
+                super::pool::record(&target.display_name(), &result);
+                if matches!(&result, Err(e) if e.limit().is_some()) {
+                    // As on a worker: a run stopped by a limit may have
+                    // been cut anywhere. Rebuilding costs the event loop
+                    // more than a run: the script's next runs go to the
+                    // pool for a while, as a slow one's do.
+                    *local = None;
+                    self.mark_slow(target, generation);
+                } else {
+                    // The answer is waiting: a full collection only now
+                    // and then (a worker makes one after answering).
+                    sandbox.tidy_if_grown();
+                }
+                Attempt::Done(result)
+            }
+            Err(_) => {
+                *local = None;
+                self.mark_slow(target, generation);
+                Sandbox::write_log(target, lines);
+                let script = target.display_name();
+                tracing::error!(script, "a Lua run panicked");
+                let result = Err(RunError::Internal { script });
+                super::pool::record(&target.display_name(), &result);
+                Attempt::Done(result)
+            }
+        }
+    }
+
+    /// Whether `target` outlasted its slice within the last period, under
+    /// the script set being served.
+    fn was_slow(&self, target: &Target) -> bool {
+        let mut slow = self.slow.lock().unwrap_or_else(PoisonError::into_inner);
+        if slow.1.is_empty() {
+            return false;
+        }
+        let generation = self.current.generation();
+        if slow.0 != generation {
+            *slow = (generation, HashMap::new());
+            return false;
+        }
+        match slow.1.get(target) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                slow.1.remove(target);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Sends `target`, as the set of `generation` has it, straight to the
+    /// pool for a while; forgotten if that set is no longer served.
+    fn mark_slow(&self, target: &Target, generation: u64) {
+        let mut slow = self.slow.lock().unwrap_or_else(PoisonError::into_inner);
+        if slow.0 != generation {
+            if generation != self.current.generation() {
+                return;
+            }
+            *slow = (generation, HashMap::new());
+        }
+        slow.1
+            .insert(target.clone(), Instant::now() + STRAIGHT_TO_POOL_FOR);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::pool::{Pool, PoolSize};
+    use super::super::{ScriptName, Scripts};
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        memory: 1024 * 1024,
+        time: Duration::from_secs(10),
+    };
+
+    /// A slice no script of these tests but a spinning one outlasts, even
+    /// on a loaded machine, so that the tests do not depend on timing.
+    const WIDE: Duration = Duration::from_secs(5);
+
+    fn current(scripts: &[(&str, &str)]) -> Arc<Current> {
+        Arc::new(Current::new(Scripts::from_sources(scripts.iter().copied())))
+    }
+
+    fn target(name: &str) -> Target {
+        Target::Script(ScriptName::parse(name).unwrap())
+    }
+
+    fn body(attempt: Attempt) -> String {
+        match attempt {
+            Attempt::Done(Ok(response)) => String::from_utf8(response.body).unwrap(),
+            Attempt::Done(Err(e)) => panic!("failed: {e}"),
+            Attempt::Skipped => panic!("skipped"),
+            Attempt::SliceExpired => panic!("outlasted its slice"),
+        }
+    }
+
+    fn attempt(inline: &Inline, name: &str) -> Attempt {
+        inline.attempt(&target(name), &LuaRequest::default())
+    }
+
+    #[test]
+    fn a_fast_run_is_answered_inline_and_leaves_nothing_behind() {
+        let inline = Inline::with_slice(
+            current(&[
+                (
+                    "set",
+                    "x = 'secret' string.upper = nil response(tostring(x))",
+                ),
+                (
+                    "get",
+                    "response(tostring(x) .. ' ' .. tostring(string.upper))",
+                ),
+            ]),
+            LIMITS,
+            WIDE,
+        );
+        assert_eq!(
+            body(inline.attempt(&Target::Hello, &LuaRequest::default())),
+            "hello world"
+        );
+        assert_eq!(body(attempt(&inline, "set")), "secret");
+        assert!(body(attempt(&inline, "get")).starts_with("nil function"));
+    }
+
+    #[test]
+    fn a_spinning_script_outlasts_its_slice_then_goes_straight_to_the_pool_until_a_reload() {
+        let scripts = [("spin", "while true do end"), ("ok", "response 'ok'")];
+        let current = current(&scripts);
+        let inline = Inline::with_slice(current.clone(), LIMITS, SLICE);
+        let start = Instant::now();
+        assert!(matches!(attempt(&inline, "spin"), Attempt::SliceExpired));
+        // A generous bound: the slice is 1 ms.
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(matches!(attempt(&inline, "spin"), Attempt::Skipped));
+        // Other scripts are not held back.
+        assert!(!matches!(attempt(&inline, "ok"), Attempt::Skipped));
+
+        current.replace(Scripts::from_sources(scripts));
+        assert!(matches!(attempt(&inline, "spin"), Attempt::SliceExpired));
+    }
+
+    #[test]
+    fn errors_within_the_slice_are_answers() {
+        let inline = Inline::with_slice(
+            current(&[
+                ("boom", "error('boom')"),
+                ("hog", "local t = {} while true do t[#t + 1] = {} end"),
+                ("ok", "response 'ok'"),
+            ]),
+            LIMITS,
+            WIDE,
+        );
+        assert!(matches!(
+            attempt(&inline, "boom"),
+            Attempt::Done(Err(RunError::Script { .. }))
+        ));
+        assert!(matches!(
+            attempt(&inline, "hog"),
+            Attempt::Done(Err(RunError::MemoryLimit { .. }))
+        ));
+        // The state was rebuilt, and the hog goes to the pool for a while.
+        assert_eq!(body(attempt(&inline, "ok")), "ok");
+        assert!(matches!(attempt(&inline, "hog"), Attempt::Skipped));
+    }
+
+    #[test]
+    fn a_time_limit_shorter_than_the_slice_is_final() {
+        let limits = Limits {
+            time: Duration::from_micros(500),
+            ..LIMITS
+        };
+        let inline = Inline::with_slice(current(&[("spin", "while true do end")]), limits, SLICE);
+        assert!(matches!(
+            attempt(&inline, "spin"),
+            Attempt::Done(Err(RunError::TimeLimit { .. }))
+        ));
+    }
+
+    #[test]
+    fn engines_on_one_thread_keep_to_their_own_scripts() {
+        let a = Inline::with_slice(current(&[("x", "response 'a'")]), LIMITS, WIDE);
+        let b = Inline::with_slice(current(&[("x", "response 'b'")]), LIMITS, WIDE);
+        assert_eq!(body(attempt(&a, "x")), "a");
+        assert_eq!(body(attempt(&b, "x")), "b");
+        assert_eq!(body(attempt(&a, "x")), "a");
+    }
+
+    #[tokio::test]
+    async fn a_reload_between_the_attempts_is_seen_whole_by_the_pooled_run() {
+        let current = current(&[("flip", "while true do end")]);
+        let inline = Inline::with_slice(current.clone(), LIMITS, SLICE);
+        let size = PoolSize {
+            workers: 1,
+            queue: 4,
+        };
+        let pool = Pool::start(current.clone(), LIMITS, size).unwrap();
+
+        assert!(matches!(attempt(&inline, "flip"), Attempt::SliceExpired));
+        current.replace(Scripts::from_sources([("flip", "response 'v2'")]));
+        let response = pool
+            .run(target("flip"), LuaRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(response.body, b"v2");
+        // The thread's state follows the reload too, and the reload
+        // forgot that the script was slow.
+        assert!(!matches!(attempt(&inline, "flip"), Attempt::Skipped));
+        assert_eq!(
+            body(
+                Inline::with_slice(current, LIMITS, WIDE)
+                    .attempt(&target("flip"), &LuaRequest::default())
+            ),
+            "v2"
+        );
+    }
+}
