@@ -1,31 +1,35 @@
 //! The fast path: a run first goes on the request's own thread, with a
-//! deadline of one short [`SLICE`] instead of the whole time limit.
+//! slice of its limits: a deadline of [`SLICE`] instead of the whole time
+//! limit, [`SLICE_MEMORY`] of memory held, chunks of [`SLICE_COMPILE`] for
+//! `load`; going over any of them is going over the slice.
 //!
 //! Handing a run to a worker thread costs two cross-thread wake-ups, each
 //! more than a typical run itself. So each thread of the async runtime has
 //! a sandbox of its own (a Lua state is not `Send`: it is born and dies on
 //! its thread), built on its first run and again after a reload, and a run
-//! starts there. The limit machinery that bounds a run to its time limit
-//! on a worker (the hook on every call and every few instructions, the
-//! pattern matcher's budget, `load`'s size cap, the guarded `pcall` and
-//! `<close>` handling) bounds it to the slice here, so a script holds an
-//! event-loop thread for about one slice at most.
+//! starts there. The limit machinery that bounds a run to its limits on a
+//! worker (the hook on every call and every few instructions, the pattern
+//! matcher's budget, `load`'s size cap, the guarded `pcall` and `<close>`
+//! handling) bounds it to the slice here; and while it holds little memory
+//! and compiles only small chunks, no single step (an instruction or
+//! library call on a huge string, a long compile) takes long, so a script
+//! holds an event-loop thread for about one slice at most.
 //!
 //! - A run that ends within the slice is the answer: a response, a script
 //!   error, a memory-limit error alike.
-//! - A run that outlasts the slice is thrown away and the script runs again
-//!   from the start on the worker pool, with the whole time limit. Runs are
-//!   pure: each gets a fresh environment, nothing it writes survives it,
-//!   `math.random` is reseeded from the OS for each run, its log lines are
-//!   held back until it is known to count, and the metrics count only the
-//!   run that answers. So the first attempt leaves no trace, and the
-//!   client waits at most the limit plus one slice.
-//! - A script that outlasted the slice goes straight to the pool for the
+//! - A run that outgrows the slice
+//!   is thrown away and the script runs again from the start on the worker
+//!   pool, with the whole limits. Runs are pure: each gets a fresh
+//!   environment, nothing it writes survives it, `math.random` is reseeded
+//!   from the OS for each run, its log lines are held back until it is
+//!   known to count, and the metrics count only the run that answers. So
+//!   the first attempt leaves no trace, and the client waits at most the
+//!   time limit plus one slice.
+//! - A script that outgrew its slice goes straight to the pool for the
 //!   next [`STRAIGHT_TO_POOL_FOR`] (a reload forgets this): a client that
 //!   keeps sending it input that makes it spin costs the event loop one
 //!   slice (and the rebuilding of a state) per script per that period, not
-//!   one per request. So does one that hit the memory limit inline, whose
-//!   answer stands but whose state is rebuilt, as a worker's is.
+//!   one per request.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -34,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::sandbox::{Limits, Sandbox};
+use super::sandbox::{Allowance, Limits, Sandbox};
 use super::{Current, LuaRequest, LuaResponse, RunError, Target};
 use crate::telemetry::LUA_DISPATCH;
 
@@ -48,7 +52,26 @@ use crate::telemetry::LUA_DISPATCH;
 /// document) to the pool for nothing.
 pub const SLICE: Duration = Duration::from_millis(1);
 
-/// How long a script that outlasted its slice goes straight to the pool.
+/// What an inline attempt may hold before it counts as outgrowing its
+/// slice. The hook sees calls and every 128th instruction, but one
+/// instruction or library call on a string of megabytes (comparing,
+/// concatenating, copying it out as a body or header, encoding it as JSON)
+/// takes milliseconds: while a run holds less than this, no such string
+/// exists, so its steps stay short. It is checked where the hook fires, so
+/// no allocation fails for it (an allocation failure can be caught, or
+/// turn into another error, such as `table.unpack`'s "too many results",
+/// which a worker's run would not see): the memory limit stays whole.
+/// Typical runs take a few KiB to a few tens (the environment, the
+/// request, a JSON document); one that needs more goes to a worker.
+pub const SLICE_MEMORY: usize = 256 * 1024;
+
+/// The largest chunk `load` compiles in an inline attempt. Compiling is one
+/// C call that no hook sees, and some sources compile in quadratic time: a
+/// chunk of `MAX_LOAD` (16 KiB) can take tens of milliseconds, one of 2 KiB
+/// a 64th of that. A larger chunk sends the run to a worker.
+pub const SLICE_COMPILE: usize = 2 * 1024;
+
+/// How long a script that outgrew its slice goes straight to the pool.
 /// Long enough that a client making a script spin costs the event loop a
 /// negligible share (one slice, plus rebuilding the state, per 10 s per
 /// script), short enough that a script which was slow once, say when the
@@ -74,11 +97,12 @@ thread_local! {
 pub enum Attempt {
     /// The answer, counted in the metrics.
     Done(Result<LuaResponse, RunError>),
-    /// Not run inline: the script outlasted its slice recently, or this
+    /// Not run inline: the script outgrew its slice recently, or this
     /// thread has no sandbox to run it.
     Skipped,
-    /// Stopped at the end of its slice; nothing of it is seen.
-    SliceExpired,
+    /// Stopped at the end of its slice (of time or memory); nothing of it
+    /// is seen.
+    Outgrown,
 }
 
 impl Attempt {
@@ -87,7 +111,7 @@ impl Attempt {
         match self {
             Attempt::Done(_) => "inline",
             Attempt::Skipped => "pool",
-            Attempt::SliceExpired => "fallback",
+            Attempt::Outgrown => "fallback",
         }
     }
 }
@@ -99,10 +123,9 @@ pub struct Inline {
     id: u64,
     current: Arc<Current>,
     limits: Limits,
-    /// The slice, or the time limit if that is shorter (then the attempt
-    /// is the run, and its time-limit error is the answer).
-    slice: Duration,
-    /// The scripts that outlasted their slice lately, until when they go
+    /// The slice of time, memory and compiling, each bounded by the limit.
+    slice: Allowance,
+    /// The scripts that outgrew their slice lately, until when they go
     /// straight to the pool; for the script set of that generation.
     slow: Mutex<(u64, HashMap<Target, Instant>)>,
 }
@@ -112,20 +135,43 @@ impl Inline {
         for path in PATHS {
             metrics::counter!(LUA_DISPATCH, "path" => path).absolute(0);
         }
-        Self::with_slice(current, limits, SLICE)
+        Self::with_slice(
+            current,
+            limits,
+            Allowance {
+                time: SLICE,
+                compile: SLICE_COMPILE,
+                hold: Some(SLICE_MEMORY),
+            },
+        )
     }
 
-    fn with_slice(current: Arc<Current>, limits: Limits, slice: Duration) -> Self {
+    fn with_slice(current: Arc<Current>, limits: Limits, slice: Allowance) -> Self {
+        let whole = Allowance::whole(limits);
         Self {
             id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
             current,
             limits,
-            slice: slice.min(limits.time),
+            slice: Allowance {
+                time: slice.time.min(whole.time),
+                compile: slice.compile.min(whole.compile),
+                hold: slice.hold.filter(|&bytes| bytes < limits.memory),
+            },
             slow: Mutex::new((0, HashMap::new())),
         }
     }
 
-    /// Runs `target` on this thread within the slice, unless it outlasted
+    /// Whether `result` only says that the run outgrew its slice: a worker,
+    /// with the whole limits, may still answer otherwise. (Where the slice
+    /// of time is the whole limit, as with a limit under 1 ms, running out
+    /// of it is final.) `outgrown`: the sandbox stopped the run for going
+    /// over the slice's `compile` or `hold`.
+    fn outgrown(&self, result: &Result<LuaResponse, RunError>, outgrown: bool) -> bool {
+        matches!(result, Err(RunError::TimeLimit { .. }))
+            && (self.slice.time < self.limits.time || outgrown)
+    }
+
+    /// Runs `target` on this thread within the slice, unless it outgrew
     /// its slice lately.
     pub fn attempt(&self, target: &Target, request: &LuaRequest) -> Attempt {
         let attempt = if self.was_slow(target) {
@@ -173,16 +219,26 @@ impl Inline {
         let generation = *generation;
 
         sandbox.hold_log();
+        let start = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             sandbox.run_within(target, request, self.slice)
         }));
         let lines = sandbox.take_log();
+        let outgrown = sandbox.outgrown();
         match outcome {
-            Ok(Err(RunError::TimeLimit { .. })) if self.slice < self.limits.time => {
+            Ok(result) if self.outgrown(&result, outgrown) => {
                 // Cut somewhere: the next run here starts from a new state.
                 *local = None;
                 self.mark_slow(target, generation);
-                Attempt::SliceExpired
+                // Once per script per period at most: how long the event
+                // loop was held is worth knowing.
+                tracing::info!(
+                    script = %target.display_name(),
+                    held_us = start.elapsed().as_micros() as u64,
+                    time = !outgrown,
+                    "a Lua run outgrew its slice: running it again on a worker"
+                );
+                Attempt::Outgrown
             }
             Ok(result) => {
                 Sandbox::write_log(target, lines);
@@ -214,7 +270,7 @@ impl Inline {
         }
     }
 
-    /// Whether `target` outlasted its slice within the last period, under
+    /// Whether `target` outgrew its slice within the last period, under
     /// the script set being served.
     fn was_slow(&self, target: &Target) -> bool {
         let mut slow = self.slow.lock().unwrap_or_else(PoisonError::into_inner);
@@ -262,9 +318,21 @@ mod tests {
         time: Duration::from_secs(10),
     };
 
-    /// A slice no script of these tests but a spinning one outlasts, even
-    /// on a loaded machine, so that the tests do not depend on timing.
-    const WIDE: Duration = Duration::from_secs(5);
+    /// A slice of time no script of these tests but a spinning one
+    /// outlasts, even on a loaded machine, so that the tests do not depend
+    /// on timing.
+    const WIDE: Allowance = Allowance {
+        time: Duration::from_secs(5),
+        compile: SLICE_COMPILE,
+        hold: Some(SLICE_MEMORY),
+    };
+
+    fn slice() -> Allowance {
+        Allowance {
+            time: SLICE,
+            ..WIDE
+        }
+    }
 
     fn current(scripts: &[(&str, &str)]) -> Arc<Current> {
         Arc::new(Current::new(Scripts::from_sources(scripts.iter().copied())))
@@ -279,7 +347,7 @@ mod tests {
             Attempt::Done(Ok(response)) => String::from_utf8(response.body).unwrap(),
             Attempt::Done(Err(e)) => panic!("failed: {e}"),
             Attempt::Skipped => panic!("skipped"),
-            Attempt::SliceExpired => panic!("outlasted its slice"),
+            Attempt::Outgrown => panic!("outgrew its slice"),
         }
     }
 
@@ -315,9 +383,9 @@ mod tests {
     fn a_spinning_script_outlasts_its_slice_then_goes_straight_to_the_pool_until_a_reload() {
         let scripts = [("spin", "while true do end"), ("ok", "response 'ok'")];
         let current = current(&scripts);
-        let inline = Inline::with_slice(current.clone(), LIMITS, SLICE);
+        let inline = Inline::with_slice(current.clone(), LIMITS, slice());
         let start = Instant::now();
-        assert!(matches!(attempt(&inline, "spin"), Attempt::SliceExpired));
+        assert!(matches!(attempt(&inline, "spin"), Attempt::Outgrown));
         // A generous bound: the slice is 1 ms.
         assert!(
             start.elapsed() < Duration::from_secs(2),
@@ -329,31 +397,66 @@ mod tests {
         assert!(!matches!(attempt(&inline, "ok"), Attempt::Skipped));
 
         current.replace(Scripts::from_sources(scripts));
-        assert!(matches!(attempt(&inline, "spin"), Attempt::SliceExpired));
+        assert!(matches!(attempt(&inline, "spin"), Attempt::Outgrown));
     }
 
     #[test]
-    fn errors_within_the_slice_are_answers() {
-        let inline = Inline::with_slice(
-            current(&[
-                ("boom", "error('boom')"),
-                ("hog", "local t = {} while true do t[#t + 1] = {} end"),
-                ("ok", "response 'ok'"),
-            ]),
-            LIMITS,
-            WIDE,
-        );
+    fn errors_within_the_slice_are_answers_and_outgrowing_it_is_not() {
+        let scripts = [
+            ("boom", "error('boom')"),
+            ("hog", "local s = ('x'):rep(2 << 20) response(s .. s)"),
+            (
+                "big",
+                "local t = {} for i = 1, 30000 do t[i] = {} end response('big')",
+            ),
+            (
+                "compile",
+                "local f = load('return 1' .. (' '):rep(4096)) response(tostring(f()))",
+            ),
+            // No allocation fails for the slice: what the script sees is
+            // what it would see on a worker.
+            (
+                "unpack",
+                "local t = {} for i = 1, 20000 do t[i] = i end response(tostring(select('#', table.unpack(t))))",
+            ),
+            // One call that would build far more than the slice holds.
+            ("rep", "response(tostring(#('x'):rep(800 * 1024)))"),
+            (
+                "gsub",
+                "response(tostring(#(('x'):rep(100)):gsub('x', ('y'):rep(8000))))",
+            ),
+            ("ok", "response 'ok'"),
+        ];
+        let inline = Inline::with_slice(current(&scripts), LIMITS, WIDE);
+        assert!(matches!(attempt(&inline, "rep"), Attempt::Outgrown));
+        assert!(matches!(attempt(&inline, "gsub"), Attempt::Outgrown));
         assert!(matches!(
             attempt(&inline, "boom"),
             Attempt::Done(Err(RunError::Script { .. }))
         ));
-        assert!(matches!(
-            attempt(&inline, "hog"),
-            Attempt::Done(Err(RunError::MemoryLimit { .. }))
-        ));
+        // Over the slice, under the limits: for a worker.
+        assert!(matches!(attempt(&inline, "big"), Attempt::Outgrown));
+        assert!(matches!(attempt(&inline, "compile"), Attempt::Outgrown));
+        assert!(matches!(attempt(&inline, "unpack"), Attempt::Outgrown));
+        // Over the memory limit too: that is for the worker to find.
+        assert!(matches!(attempt(&inline, "hog"), Attempt::Outgrown));
         // The state was rebuilt, and the hog goes to the pool for a while.
         assert_eq!(body(attempt(&inline, "ok")), "ok");
         assert!(matches!(attempt(&inline, "hog"), Attempt::Skipped));
+
+        // Where the memory limit is no more than the slice, only it counts,
+        // and its error is an answer.
+        let small = Limits {
+            memory: 128 * 1024,
+            ..LIMITS
+        };
+        let inline = Inline::with_slice(current(&scripts), small, WIDE);
+        assert!(matches!(
+            attempt(&inline, "big"),
+            Attempt::Done(Err(RunError::MemoryLimit { .. }))
+        ));
+        assert!(matches!(attempt(&inline, "big"), Attempt::Skipped));
+        assert_eq!(body(attempt(&inline, "ok")), "ok");
     }
 
     #[test]
@@ -362,7 +465,7 @@ mod tests {
             time: Duration::from_micros(500),
             ..LIMITS
         };
-        let inline = Inline::with_slice(current(&[("spin", "while true do end")]), limits, SLICE);
+        let inline = Inline::with_slice(current(&[("spin", "while true do end")]), limits, slice());
         assert!(matches!(
             attempt(&inline, "spin"),
             Attempt::Done(Err(RunError::TimeLimit { .. }))
@@ -381,14 +484,14 @@ mod tests {
     #[tokio::test]
     async fn a_reload_between_the_attempts_is_seen_whole_by_the_pooled_run() {
         let current = current(&[("flip", "while true do end")]);
-        let inline = Inline::with_slice(current.clone(), LIMITS, SLICE);
+        let inline = Inline::with_slice(current.clone(), LIMITS, slice());
         let size = PoolSize {
             workers: 1,
             queue: 4,
         };
         let pool = Pool::start(current.clone(), LIMITS, size).unwrap();
 
-        assert!(matches!(attempt(&inline, "flip"), Attempt::SliceExpired));
+        assert!(matches!(attempt(&inline, "flip"), Attempt::Outgrown));
         current.replace(Scripts::from_sources([("flip", "response 'v2'")]));
         let response = pool
             .run(target("flip"), LuaRequest::default())

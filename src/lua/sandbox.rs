@@ -85,6 +85,32 @@ pub struct Limits {
     pub time: Duration,
 }
 
+/// What one run may use: its limits, or an inline attempt's smaller share
+/// of them (see `inline.rs`). The memory limit is the same for both, so
+/// that no allocation fails in an attempt that would succeed on a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    pub time: Duration,
+    /// The largest chunk `load` compiles before the run counts as out of
+    /// time (a chunk over [`MAX_LOAD`] is refused whatever this says).
+    pub compile: usize,
+    /// Bytes the run may hold (beyond the state at rest) before it counts
+    /// as out of time, as the hook sees it: checked when the hook fires,
+    /// so an allocation never fails for it.
+    pub hold: Option<usize>,
+}
+
+impl Allowance {
+    /// All of `limits`.
+    pub fn whole(limits: Limits) -> Self {
+        Self {
+            time: limits.time,
+            compile: MAX_LOAD,
+            hold: None,
+        }
+    }
+}
+
 /// What the host functions share with the sandbox during a run.
 #[derive(Default)]
 struct RunState {
@@ -95,6 +121,10 @@ struct RunState {
     response: RefCell<Option<LuaResponse>>,
     /// The state's allocation ceiling during the run (0 between runs).
     ceiling: Cell<usize>,
+    /// The run's `Allowance::compile`.
+    compile: Cell<usize>,
+    /// Whether the run was stopped for a chunk over that.
+    compile_refused: Cell<bool>,
     /// While set, the run's log lines are kept here instead of written:
     /// an inline attempt that runs out of its slice is run again on a
     /// worker, and only the run that answers may be seen in the log.
@@ -228,15 +258,16 @@ impl Sandbox {
 
     /// Runs `target` with `request` and returns its response.
     pub fn run(&mut self, target: &Target, request: &LuaRequest) -> Result<LuaResponse, RunError> {
-        self.run_within(target, request, self.limits.time)
+        self.run_within(target, request, Allowance::whole(self.limits))
     }
 
-    /// Runs `target` with a time limit of `time` instead of the limits'.
+    /// Runs `target` within `allowance` instead of the whole limits: its
+    /// limit errors then name the allowance's figures.
     pub fn run_within(
         &mut self,
         target: &Target,
         request: &LuaRequest,
-        time: Duration,
+        allowance: Allowance,
     ) -> Result<LuaResponse, RunError> {
         let script = target.display_name();
         let Some(chunk) = self.chunks.get(target).cloned() else {
@@ -247,12 +278,15 @@ impl Sandbox {
         self.run.response.take();
         self.run.logged.set(0);
 
+        self.run.compile.set(allowance.compile);
+        self.run.compile_refused.set(false);
         if let Err(e) = self.prepare(&chunk, request) {
             self.finish(&chunk);
             tracing::error!(script, error = %e, "cannot prepare a Lua run");
             return Err(RunError::Internal { script });
         }
-        Clock::start(time);
+        let hold = allowance.hold.map(|bytes| self.lua.used_memory() + bytes);
+        Clock::start(allowance.time, hold);
         let result = chunk.call::<()>(());
         Clock::stop();
         self.finish(&chunk);
@@ -262,7 +296,7 @@ impl Sandbox {
             Ok(()) => response.ok_or(RunError::NoResponse { script }),
             Err(_) if Clock::expired() => Err(RunError::TimeLimit {
                 script,
-                limit: time,
+                limit: allowance.time,
             }),
             Err(e) if is_memory_error(&e) => Err(RunError::MemoryLimit {
                 script,
@@ -277,6 +311,13 @@ impl Sandbox {
                 })
             }
         }
+    }
+
+    /// Whether the last run was stopped for going over its allowance's
+    /// `compile` or `hold` rather than its time (its error is then a
+    /// time-limit one).
+    pub fn outgrown(&self) -> bool {
+        self.run.compile_refused.get() || Clock::over_hold()
     }
 
     /// From now on, keeps the runs' log lines (see [`Sandbox::take_log`])
@@ -355,6 +396,35 @@ fn host_functions(lua: &Lua, run: &Rc<RunState>, limits: Limits) -> mlua::Result
     host.set("max_elements", limits.memory / 16)?;
 
     host.set("max_load", MAX_LOAD)?;
+
+    // Called by `string.rep` with the size of what it is about to build:
+    // beyond an inline attempt's slice of memory, the run is out of time
+    // (one call builds megabytes out of a short string).
+    host.set(
+        "may_hold",
+        lua.create_function(|lua, bytes: f64| {
+            if Clock::within_hold(|| (lua.used_memory() as f64 + bytes) as usize) {
+                return Ok(());
+            }
+            Err(mlua::Error::runtime("time limit exceeded"))
+        })?,
+    )?;
+
+    // Called by `load` with a chunk's size before it compiles it: over the
+    // run's allowance, the run is out of time (compiling is one C call that
+    // no hook sees, and an inline attempt must not hold its thread long).
+    let state = run.clone();
+    host.set(
+        "may_compile",
+        lua.create_function(move |_, size: usize| {
+            if size <= state.compile.get() {
+                return Ok(());
+            }
+            state.compile_refused.set(true);
+            Clock::expire();
+            Err(mlua::Error::runtime("time limit exceeded"))
+        })?,
+    )?;
 
     host.set(
         "expired",
