@@ -5,11 +5,11 @@
 //! - [`sandbox`] is one interpreter state: the safe library subset, a fresh
 //!   environment per run, and the memory and time limits.
 //! - [`inline`] runs a script first on the request's own thread, within a
-//!   short slice: the normal case, with no thread hop.
+//!   short slice of its limits: the normal case, with no thread hop.
 //! - [`pool`] runs sandboxes on dedicated worker threads fed by a bounded
-//!   queue: where a run that outlasts its slice starts again with the
-//!   whole time limit, so Lua never holds the async runtime for more than
-//!   a slice and overload is a quick `503`, not an unbounded backlog.
+//!   queue: where a run that outgrows its slice starts again with the
+//!   whole limits, so Lua never holds the async runtime for more than a
+//!   slice and overload is a quick `503`, not an unbounded backlog.
 //!
 //! [`LuaEngine`] is what the rest of the service holds: cheap to clone,
 //! `start`ed by `App::build`.
