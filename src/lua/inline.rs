@@ -34,7 +34,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -128,6 +128,10 @@ pub struct Inline {
     /// The scripts that outgrew their slice lately, until when they go
     /// straight to the pool; for the script set of that generation.
     slow: Mutex<(u64, HashMap<Target, Instant>)>,
+    /// Whether `slow` may hold anything: spares every run the lock in the
+    /// normal case. (A stale answer costs one run the lock, or sends one
+    /// more run inline: no harm either way.)
+    any_slow: AtomicBool,
 }
 
 impl Inline {
@@ -158,6 +162,7 @@ impl Inline {
                 hold: slice.hold.filter(|&bytes| bytes < limits.memory),
             },
             slow: Mutex::new((0, HashMap::new())),
+            any_slow: AtomicBool::new(false),
         }
     }
 
@@ -273,8 +278,12 @@ impl Inline {
     /// Whether `target` outgrew its slice within the last period, under
     /// the script set being served.
     fn was_slow(&self, target: &Target) -> bool {
+        if !self.any_slow.load(Ordering::Relaxed) {
+            return false;
+        }
         let mut slow = self.slow.lock().unwrap_or_else(PoisonError::into_inner);
         if slow.1.is_empty() {
+            self.any_slow.store(false, Ordering::Relaxed);
             return false;
         }
         let generation = self.current.generation();
@@ -304,6 +313,7 @@ impl Inline {
         }
         slow.1
             .insert(target.clone(), Instant::now() + STRAIGHT_TO_POOL_FOR);
+        self.any_slow.store(true, Ordering::Relaxed);
     }
 }
 
