@@ -201,7 +201,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         LUA_DISPATCH,
-        "Lua runs by where they ran: inline (answered on the request's thread within the slice), fallback (outlasted the slice, run again on a worker), pool (sent straight to a worker)"
+        "Lua runs by where they ran: inline (answered on the request's thread within the slice), fallback (outgrew the slice, run again on a worker), pool (sent straight to a worker)"
     );
     metrics::describe_counter!(
         LUA_RELOADS,
