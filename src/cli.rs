@@ -88,10 +88,12 @@ pub fn run() -> ExitCode {
         Ok(config) => config,
         Err(e) => return bad_configuration(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // Lua runs start on the runtime's threads: the same stack as a worker.
+    #[cfg(feature = "lua")]
+    builder.thread_stack_size(crate::lua::pool::WORKER_STACK);
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("skiff: cannot start the async runtime: {e}");

@@ -4,15 +4,19 @@
 //!   (`SIGHUP`, or a change seen by the opt-in watch).
 //! - [`sandbox`] is one interpreter state: the safe library subset, a fresh
 //!   environment per run, and the memory and time limits.
+//! - [`inline`] runs a script first on the request's own thread, within a
+//!   short slice of its limits: the normal case, with no thread hop.
 //! - [`pool`] runs sandboxes on dedicated worker threads fed by a bounded
-//!   queue, so Lua never blocks the async runtime and overload is a quick
-//!   `503`, not an unbounded backlog.
+//!   queue: where a run that outgrows its slice starts again with the
+//!   whole limits, so Lua never holds the async runtime for more than a
+//!   slice and overload is a quick `503`, not an unbounded backlog.
 //!
 //! [`LuaEngine`] is what the rest of the service holds: cheap to clone,
 //! `start`ed by `App::build`.
 
 mod clock;
 mod errors;
+mod inline;
 mod json;
 mod patterns;
 pub mod pool;
@@ -204,6 +208,7 @@ struct Source {
 #[derive(Clone)]
 pub struct LuaEngine {
     current: Arc<Current>,
+    inline: Arc<inline::Inline>,
     pool: Arc<pool::Pool>,
     source: Arc<Source>,
 }
@@ -225,6 +230,7 @@ impl LuaEngine {
             metrics::counter!(LUA_RELOADS, "outcome" => outcome).absolute(0);
         }
         Ok(Self {
+            inline: Arc::new(inline::Inline::new(current.clone(), limits)),
             current,
             pool: Arc::new(pool),
             source: Arc::new(Source {
@@ -325,9 +331,13 @@ impl LuaEngine {
         }
     }
 
-    /// Runs `target` on a worker and waits for its response, without
-    /// blocking the async runtime.
+    /// Runs `target` and returns its response: on this thread if it ends
+    /// within a slice, otherwise on a worker, without blocking the async
+    /// runtime.
     pub async fn run(&self, target: Target, request: LuaRequest) -> Result<LuaResponse, RunError> {
+        if let inline::Attempt::Done(result) = self.inline.attempt(&target, &request) {
+            return result;
+        }
         self.pool.run(target, request).await
     }
 

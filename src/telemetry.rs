@@ -74,6 +74,7 @@ pub const LUA_RUNS: &str = "skiff_lua_runs_total";
 pub const LUA_ERRORS: &str = "skiff_lua_errors_total";
 pub const LUA_LIMIT_HITS: &str = "skiff_lua_limit_hits_total";
 pub const LUA_RELOADS: &str = "skiff_lua_reloads_total";
+pub const LUA_DISPATCH: &str = "skiff_lua_dispatch_total";
 pub const AUTH_FAILURES: &str = "skiff_auth_failures_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -207,6 +208,10 @@ fn describe() {
     metrics::describe_counter!(
         LUA_LIMIT_HITS,
         "Lua runs stopped by a limit (time or memory)"
+    );
+    metrics::describe_counter!(
+        LUA_DISPATCH,
+        "Lua runs by where they ran: inline (answered on the request's thread within the slice), fallback (outgrew the slice, run again on a worker), pool (sent straight to a worker)"
     );
     metrics::describe_counter!(
         LUA_RELOADS,

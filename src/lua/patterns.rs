@@ -599,6 +599,11 @@ fn gsub(lua: &Lua, args: MultiValue, budget: &dyn Fn(&Lua) -> usize) -> mlua::Re
     let limit = budget(lua);
     let mut out: Vec<u8> = Vec::new();
     let grow = |out: &mut Vec<u8>, bytes: &[u8]| -> mlua::Result<()> {
+        // An inline attempt's slice of memory: a small subject with a long
+        // replacement builds megabytes within one call.
+        if !Clock::within_hold(|| lua.used_memory() + out.len() + bytes.len()) {
+            return Err(time_error());
+        }
         if out.len() + bytes.len() > limit {
             return Err(mlua::Error::MemoryError(
                 "not enough memory for the result of gsub".into(),

@@ -21,7 +21,7 @@ use crate::telemetry::{LUA_ERRORS, LUA_LIMIT_HITS, LUA_RUNS};
 
 /// Lua runs use the C stack for nested calls through C (pcall, metamethods,
 /// string.gsub callbacks…), up to Lua's own limit of 200 levels.
-const WORKER_STACK: usize = 4 * 1024 * 1024;
+pub const WORKER_STACK: usize = 4 * 1024 * 1024;
 
 /// How many workers, and how many jobs may wait for one.
 #[derive(Debug, Clone, Copy)]
@@ -228,7 +228,8 @@ impl Worker {
     }
 }
 
-fn record(script: &str, result: &Result<LuaResponse, RunError>) {
+/// Counts a run that answered, once, wherever it ran.
+pub(super) fn record(script: &str, result: &Result<LuaResponse, RunError>) {
     metrics::counter!(LUA_RUNS, "script" => script.to_owned()).increment(1);
     if let Err(e) = result {
         metrics::counter!(LUA_ERRORS, "kind" => e.kind()).increment(1);

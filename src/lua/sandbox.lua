@@ -19,6 +19,7 @@ local real_rep = string.rep
 local real_insert, real_remove, real_move = table.insert, table.remove, table.move
 local real_sort, real_date = table.sort, os.date
 local expired, host_log, seed = host.expired, host.log, host.seed
+local may_compile, may_hold = host.may_compile, host.may_hold
 local max_elements, max_load = host.max_elements, host.max_load
 
 -- Nothing may dump a function, not even through ("").dump.
@@ -169,6 +170,13 @@ local function rep(s, n, sep)
   if s == "" and (sep == nil or sep == "") and tointeger(n) then
     return ""
   end
+  -- What it builds, for an inline attempt's slice of memory (a no-op on a
+  -- worker): in floating point, which cannot wrap around.
+  local count = tointeger(n)
+  if type(s) == "string" and count and count > 0 then
+    local seplen = type(sep) == "string" and #sep or 0
+    may_hold(#s * (count + 0.0) + seplen * (count - 1.0))
+  end
   return real_rep(s, n, sep)
 end
 
@@ -296,8 +304,11 @@ return function(request)
     end
     local too_large = "chunk larger than " .. max_load .. " bytes"
     local refused = false
-    if type(chunk) == "string" and #chunk > max_load then
-      return nil, too_large
+    if type(chunk) == "string" then
+      if #chunk > max_load then
+        return nil, too_large
+      end
+      may_compile(#chunk)
     elseif type(chunk) == "function" then
       local reader, size = chunk, 0
       chunk = function()
@@ -308,6 +319,7 @@ return function(request)
             refused = true
             error(too_large, 0)
           end
+          may_compile(size)
         end
         return piece
       end

@@ -85,6 +85,32 @@ pub struct Limits {
     pub time: Duration,
 }
 
+/// What one run may use: its limits, or an inline attempt's smaller share
+/// of them (see `inline.rs`). The memory limit is the same for both, so
+/// that no allocation fails in an attempt that would succeed on a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    pub time: Duration,
+    /// The largest chunk `load` compiles before the run counts as out of
+    /// time (a chunk over [`MAX_LOAD`] is refused whatever this says).
+    pub compile: usize,
+    /// Bytes the run may hold (beyond the state at rest) before it counts
+    /// as out of time, as the hook sees it: checked when the hook fires,
+    /// so an allocation never fails for it.
+    pub hold: Option<usize>,
+}
+
+impl Allowance {
+    /// All of `limits`.
+    pub fn whole(limits: Limits) -> Self {
+        Self {
+            time: limits.time,
+            compile: MAX_LOAD,
+            hold: None,
+        }
+    }
+}
+
 /// What the host functions share with the sandbox during a run.
 #[derive(Default)]
 struct RunState {
@@ -95,6 +121,33 @@ struct RunState {
     response: RefCell<Option<LuaResponse>>,
     /// The state's allocation ceiling during the run (0 between runs).
     ceiling: Cell<usize>,
+    /// The run's `Allowance::compile`.
+    compile: Cell<usize>,
+    /// Whether the run was stopped for a chunk over that.
+    compile_refused: Cell<bool>,
+    /// While set, the run's log lines are kept here instead of written:
+    /// an inline attempt that runs out of its slice is run again on a
+    /// worker, and only the run that answers may be seen in the log.
+    held_log: RefCell<Option<Vec<LogLine>>>,
+}
+
+/// A log line a run wrote, kept until its run is known to count.
+pub enum LogLine {
+    Text(String),
+    /// The run reached its log allowance: the rest of its lines dropped.
+    Cut,
+}
+
+/// Writes one of a run's log lines.
+fn write_log(script: &str, line: LogLine) {
+    match line {
+        LogLine::Text(text) => tracing::info!(target: "skiff::lua", script, "{text}"),
+        LogLine::Cut => tracing::warn!(
+            target: "skiff::lua",
+            script,
+            "this run wrote {MAX_LOG_PER_RUN} bytes to the log: the rest of its log lines are dropped"
+        ),
+    }
 }
 
 impl RunState {
@@ -120,6 +173,8 @@ pub struct Sandbox {
     idle_env: Table,
     idle_string_mt: Table,
     limits: Limits,
+    /// What the state held after its last full collection.
+    at_rest: Cell<usize>,
 }
 
 impl Sandbox {
@@ -187,6 +242,7 @@ impl Sandbox {
             .map_err(interpreter)?;
         lua.set_type_metatable::<LuaString>(Some(idle_string_mt.clone()));
         lua.gc_collect().map_err(interpreter)?;
+        let at_rest = Cell::new(lua.used_memory());
 
         Ok(Self {
             lua,
@@ -196,11 +252,23 @@ impl Sandbox {
             idle_env,
             idle_string_mt,
             limits,
+            at_rest,
         })
     }
 
     /// Runs `target` with `request` and returns its response.
     pub fn run(&mut self, target: &Target, request: &LuaRequest) -> Result<LuaResponse, RunError> {
+        self.run_within(target, request, Allowance::whole(self.limits))
+    }
+
+    /// Runs `target` within `allowance` instead of the whole limits: its
+    /// limit errors then name the allowance's figures.
+    pub fn run_within(
+        &mut self,
+        target: &Target,
+        request: &LuaRequest,
+        allowance: Allowance,
+    ) -> Result<LuaResponse, RunError> {
         let script = target.display_name();
         let Some(chunk) = self.chunks.get(target).cloned() else {
             // A reload removed it after the route looked.
@@ -210,12 +278,15 @@ impl Sandbox {
         self.run.response.take();
         self.run.logged.set(0);
 
+        self.run.compile.set(allowance.compile);
+        self.run.compile_refused.set(false);
         if let Err(e) = self.prepare(&chunk, request) {
             self.finish(&chunk);
             tracing::error!(script, error = %e, "cannot prepare a Lua run");
             return Err(RunError::Internal { script });
         }
-        Clock::start(self.limits.time);
+        let hold = allowance.hold.map(|bytes| self.lua.used_memory() + bytes);
+        Clock::start(allowance.time, hold);
         let result = chunk.call::<()>(());
         Clock::stop();
         self.finish(&chunk);
@@ -225,7 +296,7 @@ impl Sandbox {
             Ok(()) => response.ok_or(RunError::NoResponse { script }),
             Err(_) if Clock::expired() => Err(RunError::TimeLimit {
                 script,
-                limit: self.limits.time,
+                limit: allowance.time,
             }),
             Err(e) if is_memory_error(&e) => Err(RunError::MemoryLimit {
                 script,
@@ -242,10 +313,55 @@ impl Sandbox {
         }
     }
 
+    /// Whether the last run was stopped for going over its allowance's
+    /// `compile` or `hold` rather than its time (its error is then a
+    /// time-limit one).
+    pub fn outgrown(&self) -> bool {
+        self.run.compile_refused.get() || Clock::over_hold()
+    }
+
+    /// From now on, keeps the runs' log lines (see [`Sandbox::take_log`])
+    /// instead of writing them.
+    pub fn hold_log(&self) {
+        self.run.held_log.replace(Some(Vec::new()));
+    }
+
+    /// The log lines the last run wrote, and writes them from now on.
+    pub fn take_log(&self) -> Vec<LogLine> {
+        self.run.held_log.take().unwrap_or_default()
+    }
+
+    /// Writes what [`Sandbox::take_log`] returned, as the run would have.
+    pub fn write_log(target: &Target, lines: Vec<LogLine>) {
+        if lines.is_empty() {
+            return;
+        }
+        let script = target.display_name();
+        for line in lines {
+            write_log(&script, line);
+        }
+    }
+
     /// Frees what the last run left behind. Call between runs.
     pub fn tidy(&self) {
         if let Err(e) = self.lua.gc_collect() {
             tracing::warn!(error = %e, "Lua garbage collection failed");
+        }
+        self.at_rest.set(self.lua.used_memory());
+    }
+
+    /// [`Sandbox::tidy`], if the state holds more than a 64th of the
+    /// memory limit beyond what it held after its last one; otherwise the
+    /// incremental collector, which runs as runs allocate, frees the
+    /// garbage. A full collection walks every live object, the libraries
+    /// and compiled scripts included, and costs more than a small run.
+    /// What a following run may allocate is then larger by at most that
+    /// 64th (its ceiling counts the garbage as used, and the collector may
+    /// free it), never smaller: its host copies are charged against what
+    /// it has left, garbage included, as on a tidied state.
+    pub fn tidy_if_grown(&self) {
+        if self.lua.used_memory() > self.at_rest.get() + self.limits.memory / 64 {
+            self.tidy();
         }
     }
 
@@ -281,6 +397,35 @@ fn host_functions(lua: &Lua, run: &Rc<RunState>, limits: Limits) -> mlua::Result
 
     host.set("max_load", MAX_LOAD)?;
 
+    // Called by `string.rep` with the size of what it is about to build:
+    // beyond an inline attempt's slice of memory, the run is out of time
+    // (one call builds megabytes out of a short string).
+    host.set(
+        "may_hold",
+        lua.create_function(|lua, bytes: f64| {
+            if Clock::within_hold(|| (lua.used_memory() as f64 + bytes) as usize) {
+                return Ok(());
+            }
+            Err(mlua::Error::runtime("time limit exceeded"))
+        })?,
+    )?;
+
+    // Called by `load` with a chunk's size before it compiles it: over the
+    // run's allowance, the run is out of time (compiling is one C call that
+    // no hook sees, and an inline attempt must not hold its thread long).
+    let state = run.clone();
+    host.set(
+        "may_compile",
+        lua.create_function(move |_, size: usize| {
+            if size <= state.compile.get() {
+                return Ok(());
+            }
+            state.compile_refused.set(true);
+            Clock::expire();
+            Err(mlua::Error::runtime("time limit exceeded"))
+        })?,
+    )?;
+
     host.set(
         "expired",
         lua.create_function(|_, ()| Ok(Clock::expired()))?,
@@ -314,14 +459,17 @@ fn host_functions(lua: &Lua, run: &Rc<RunState>, limits: Limits) -> mlua::Result
                 return Ok(());
             }
             state.logged.set(logged + line.len().max(1));
-            let text = String::from_utf8_lossy(line);
-            tracing::info!(target: "skiff::lua", script = %state.script.borrow(), "{text}");
+            let text = String::from_utf8_lossy(line).into_owned();
+            let mut lines = vec![LogLine::Text(text)];
             if logged + line.len() >= MAX_LOG_PER_RUN {
-                tracing::warn!(
-                    target: "skiff::lua",
-                    script = %state.script.borrow(),
-                    "this run wrote {MAX_LOG_PER_RUN} bytes to the log: the rest of its log lines are dropped"
-                );
+                lines.push(LogLine::Cut);
+            }
+            match state.held_log.borrow_mut().as_mut() {
+                Some(held) => held.extend(lines),
+                None => {
+                    let script = state.script.borrow();
+                    lines.into_iter().for_each(|line| write_log(&script, line));
+                }
             }
             Ok(())
         })?,

@@ -428,6 +428,134 @@ async fn the_service_answers_while_every_worker_spins() {
     assert_hello_still_answers(&app).await;
 }
 
+// --- Inline runs and the fallback to the pool ------------------------------------------
+
+/// How many runs went each way (`inline`, `fallback`, `pool`) so far.
+async fn dispatch(app: &TestApp) -> [f64; 3] {
+    let text = text(app.get("/metrics").await).await;
+    ["inline", "fallback", "pool"].map(|path| {
+        let sample = format!(r#"skiff_lua_dispatch_total{{path="{path}"}}"#);
+        crate::support::metric(&text, &sample).unwrap_or(0.0)
+    })
+}
+
+fn increase(after: [f64; 3], before: [f64; 3]) -> [f64; 3] {
+    [0, 1, 2].map(|i| after[i] - before[i])
+}
+
+async fn reload(app: &TestApp) {
+    let engine = app.state.lua.clone();
+    tokio::task::spawn_blocking(move || engine.reload())
+        .await
+        .unwrap()
+        .expect("the scripts reload");
+}
+
+#[tokio::test]
+async fn fast_scripts_are_answered_inline() {
+    let names = ["a", "b", "c", "d", "e"];
+    let scripts: Vec<_> = names.iter().map(|n| (*n, "response 'ok'")).collect();
+    let app = spawn_scripts(&scripts).await;
+    let before = dispatch(&app).await;
+    assert_eq!(text(app.get("/lua").await).await, "hello world");
+    for name in names {
+        assert_eq!(text(app.get(&format!("/lua/{name}")).await).await, "ok");
+    }
+    let [inline, fallback, pool] = increase(dispatch(&app).await, before);
+    assert_eq!(inline + fallback + pool, 6.0, "each run is counted once");
+    // A run could be pre-empted past its slice on a loaded machine, but not
+    // six of them: before the inline path, every run went to the pool.
+    assert!(
+        inline >= 1.0,
+        "{inline} inline, {fallback} fallback, {pool} pool"
+    );
+}
+
+#[tokio::test]
+async fn a_script_slow_on_some_inputs_falls_back_then_goes_to_the_pool_until_a_reload() {
+    let app = spawn_scripts(&[(
+        "mixed",
+        "if request.query.spin then while true do end end response('fast')",
+    )])
+    .await;
+    let runs = r#"skiff_lua_runs_total{script="mixed.lua"}"#;
+    let metric = |text: &str| crate::support::metric(text, runs).unwrap_or(0.0);
+
+    // The slow input outlasts its slice and runs again on a worker, which
+    // stops it at the time limit; each run is counted once. Two at once:
+    // a second overrun within a second sends the script to the pool.
+    let before = dispatch(&app).await;
+    let runs_before = metric(&text(app.get("/metrics").await).await);
+    let start = Instant::now();
+    let (first, second) = tokio::join!(app.get("/lua/mixed?spin=1"), app.get("/lua/mixed?spin=1"));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    for response in [first, second] {
+        let body = assert_problem(response, 503).await;
+        assert!(
+            body["detail"].as_str().unwrap().contains("time limit"),
+            "{body}"
+        );
+    }
+    assert_eq!(increase(dispatch(&app).await, before), [0.0, 2.0, 0.0]);
+    assert_eq!(
+        metric(&text(app.get("/metrics").await).await) - runs_before,
+        2.0
+    );
+
+    // For a while, even its fast input goes straight to the pool.
+    let before = dispatch(&app).await;
+    assert_eq!(text(app.get("/lua/mixed").await).await, "fast");
+    assert_problem(app.get("/lua/mixed?spin=1").await, 503).await;
+    assert_eq!(increase(dispatch(&app).await, before), [0.0, 0.0, 2.0]);
+
+    // A reload forgets it: the next run is tried inline again.
+    reload(&app).await;
+    let before = dispatch(&app).await;
+    assert_eq!(text(app.get("/lua/mixed").await).await, "fast");
+    let [_, _, pool] = increase(dispatch(&app).await, before);
+    assert_eq!(pool, 0.0);
+    assert_hello_still_answers(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_scripts_hold_no_event_loop_thread() {
+    // Eight scripts, each of which may take two slices of an event-loop
+    // thread before it goes to the pool, and eight spinning requests each.
+    let names: Vec<String> = (0..8).map(|i| format!("spin{i}")).collect();
+    let scripts: Vec<_> = names
+        .iter()
+        .map(|n| (n.as_str(), "while true do end"))
+        .collect();
+    let app = spawn_scripts(&scripts).await;
+    let spinners: Vec<_> = names
+        .iter()
+        .cycle()
+        .take(64)
+        .map(|name| tokio::spawn(app.client.get(app.url(&format!("/lua/{name}"))).send()))
+        .collect();
+    let workers = app.state.lua.pool_size().workers;
+    crate::support::eventually("every worker to be inside a spin", || async {
+        app.state.lua.busy() >= workers
+    })
+    .await;
+    // Had the spins run on the event loop for their whole limit, 64 of
+    // 100 ms on two threads would hold it for over three seconds.
+    for _ in 0..3 {
+        let start = Instant::now();
+        assert_hello_still_answers(&app).await;
+        let elapsed = start.elapsed();
+        assert!(elapsed < Duration::from_secs(1), "/hello took {elapsed:?}");
+    }
+    for spinner in spinners {
+        let response = spinner.await.unwrap().unwrap();
+        assert_problem(response, 503).await;
+    }
+}
+
 // --- Start-up ---------------------------------------------------------------------
 
 #[tokio::test]

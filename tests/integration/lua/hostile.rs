@@ -346,6 +346,39 @@ async fn math_random_differs_between_requests() {
     }
 }
 
+#[tokio::test]
+async fn a_run_moved_to_a_worker_is_logged_and_counted_once() {
+    // The first attempt runs inline and logs, then outlasts its slice; the
+    // run on a worker logs again and answers. Only that run is seen.
+    let server = Server::start(
+        &[
+            ("logspin", "log('marker line') while true do end"),
+            ("sentinel", "log('sentinel line') response('ok')"),
+        ],
+        &[],
+    );
+    let (status, text) = server.get("/lua/logspin").await;
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(server.get("/lua/sentinel").await, (200, "ok".into()));
+    // Lines are written in order, in batches: once the sentinel's line is
+    // out, every earlier one is.
+    server.line_with("sentinel line").await;
+    let markers = server.log().matches("marker line").count();
+    assert_eq!(markers, 1, "{}", server.log());
+    assert_eq!(
+        server
+            .metric(r#"skiff_lua_runs_total{script="logspin.lua"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        server
+            .metric(r#"skiff_lua_dispatch_total{path="fallback"}"#)
+            .await,
+        1.0
+    );
+}
+
 // --- Reloads ------------------------------------------------------------------
 
 async fn wait_for_answer(server: &Server, path: &str, expected: &str) {
