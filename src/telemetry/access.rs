@@ -1,8 +1,7 @@
 //! The access log line, formatted here rather than through tracing: one
 //! line per request is most of a busy server's logging, and the generic
-//! path (a field visitor, `Debug` formatting of every value, the
-//! timestamp formatted from scratch) cost about a fifth of a `/hello`
-//! request's CPU (bench/NOTES.md). The line is byte for byte what
+//! path formats every field through a visitor and `Debug` and the
+//! timestamp from scratch, per line. The line is byte for byte what
 //! tracing-subscriber's text and JSON formats write for the same event
 //! (a test below holds the two side by side), so log readers see no
 //! difference. Whether the line is written at all is still the log

@@ -51,9 +51,9 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts checkpointing the database file `path`.
-    /// `before` runs before each checkpoint (the readers end their stale
-    /// snapshots, which would hold the checkpoint back).
+    /// Starts checkpointing the database file `path`; `before` runs before
+    /// each checkpoint (the readers end their stale snapshots, which would
+    /// hold it back).
     pub fn start(
         path: &Path,
         busy_timeout: Duration,
