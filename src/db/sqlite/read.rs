@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, Row, params};
 
 use crate::db::{DbError, Email, Millis, Name, PageQuery, User, UserId, user_columns};
@@ -137,6 +138,12 @@ impl Readers {
             self.cache_kib, self.mmap_bytes
         ))
         .map_err(failed)?;
+        // Without the query planner stability guarantee SQLite recompiles a
+        // statement whenever a parameter its plan looked at is bound again
+        // (here: every `LIMIT ?`, even to the same value), which was a
+        // quarter of a `?email=` lookup's CPU (bench/NOTES.md).
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(failed)?;
         conn.set_prepared_statement_cache_capacity(8);
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(Reader {
@@ -289,5 +296,66 @@ fn failed(e: rusqlite::Error) -> DbError {
             DbError::Unavailable(e.to_string())
         }
         _ => DbError::Failed(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+
+    /// Readers on a fresh file with skiff's schema and two users.
+    fn readers(dir: &Path) -> Readers {
+        let path = dir.join("read.db");
+        let setup = Connection::open(&path).unwrap();
+        setup
+            .execute_batch(concat!(
+                "PRAGMA journal_mode = WAL;",
+                include_str!("../../../migrations/sqlite/0001_create_users.sql"),
+                include_str!("../../../migrations/sqlite/0002_email_key_case_folding.sql"),
+            ))
+            .unwrap();
+        for (i, email) in ["a@example.com", "b@example.com"].iter().enumerate() {
+            setup
+                .execute(
+                    "INSERT INTO users (id, email, email_key, created_at, updated_at) \
+                     VALUES (?1, ?2, ?2, 0, 0)",
+                    params![uuid::Uuid::now_v7().as_bytes(), email],
+                )
+                .unwrap_or_else(|e| panic!("user {i}: {e}"));
+        }
+        Readers::open(&path, 1, Duration::from_secs(1), 512, 0, Commits::default()).unwrap()
+    }
+
+    #[test]
+    fn statements_are_not_recompiled_when_their_limit_is_bound_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let readers = readers(dir.path());
+        for limit in [101, 101, 5, 101] {
+            for key in ["a@example.com", "b@example.com"] {
+                let page = PageQuery {
+                    after: UserId::MIN,
+                    limit,
+                    email_key: Some(key.into()),
+                };
+                assert_eq!(readers.list(&page).unwrap().len(), 1);
+            }
+            let all = PageQuery {
+                after: UserId::MIN,
+                limit,
+                email_key: None,
+            };
+            assert_eq!(readers.list(&all).unwrap().len(), 2);
+        }
+        let reprepared = readers
+            .with(|conn| {
+                let by_email = conn.prepare_cached(BY_EMAIL)?;
+                let page = conn.prepare_cached(PAGE)?;
+                Ok(by_email.get_status(StatementStatus::RePrepare)
+                    + page.get_status(StatementStatus::RePrepare))
+            })
+            .unwrap();
+        assert_eq!(reprepared, 0, "recompiled on a new binding");
     }
 }
