@@ -269,32 +269,81 @@ local function log(message)
   host_log(tostring(message))
 end
 
+-- What every run's environment starts as, built once: the safe base
+-- functions, copies of the library tables with the bounded functions above
+-- in place, and the host's. Never handed to a script: each run gets a copy.
+local template = {}
+for _, name in ipairs(SAFE_BASE) do
+  template[name] = base[name]
+end
+for name, lib in pairs(LIBRARIES) do
+  template[name] = copy(lib)
+end
+template.string.rep = rep
+template.table.move = move
+template.table.insert = insert
+template.table.remove = remove
+template.table.sort = sort
+template.os.date = date
+template.coroutine.resume = resume
+template.coroutine.close = close
+template.coroutine.wrap = wrap
+template.pcall = pcall
+template.xpcall = xpcall
+template.setmetatable = setmetatable
+template.print = print
+template.log = log
+template._VERSION = _VERSION
+template.json = { encode = host.json_encode, decode = host.json_decode, null = host.json_null }
+template.response = host.response
+-- Set for each run below; here so that the copies have room for them.
+template._G = false
+template.request = false
+template.load = false
+
+-- Copies of the template, made by one generated function whose body is a
+-- single table constructor: `return { abs = v1, ..., string = { byte = v9,
+-- ... }, ... }`, every value an upvalue. A constructor sizes each table
+-- once, where copying key by key with `pairs` cost a call per key and a
+-- rehash each time a table grew: that copy was most of a small run's time.
+local function copier(t)
+  local values, names = {}, {}
+  local function constructor(tbl)
+    local keys = {}
+    for k in pairs(tbl) do
+      keys[#keys + 1] = k
+    end
+    real_sort(keys)
+    local fields = {}
+    for i, k in ipairs(keys) do
+      local v = tbl[k]
+      if type(v) == "table" then
+        fields[i] = string.format("[%q] = %s", k, constructor(v))
+      else
+        values[#values + 1] = v
+        names[#names + 1] = "v" .. #values
+        fields[i] = string.format("[%q] = v%d", k, #values)
+      end
+    end
+    return "{ " .. concat(fields, ", ") .. " }"
+  end
+  local body = constructor(t)
+  -- A chunk has at most 200 locals (and a function 255 upvalues).
+  assert(#values < 200, "too many values in the environment's template")
+  local source = "local " .. concat(names, ", ") .. " = ...\nreturn function() return " .. body .. " end"
+  return assert(real_load(source, "=environment", "t"))(table.unpack(values, 1, #values))
+end
+local fresh_env = copier(template)
+
 return function(request)
   -- math.random's state lives in the library itself: reseed it from the
   -- operating system's random source, so that no run can predict its own
   -- numbers nor the next run's (Lua's own seed is the time and an address).
   randomseed(seed())
 
-  local env = copy(base)
-  for name, lib in pairs(LIBRARIES) do
-    env[name] = copy(lib)
-  end
-  env.string.rep = rep
-  env.table.move = move
-  env.table.insert = insert
-  env.table.remove = remove
-  env.table.sort = sort
-  env.os.date = date
-  env.coroutine.resume = resume
-  env.coroutine.close = close
-  env.coroutine.wrap = wrap
-  env.pcall = pcall
-  env.xpcall = xpcall
-  env.setmetatable = setmetatable
-  env.print = print
-  env.log = log
-  env._VERSION = _VERSION
+  local env = fresh_env()
   env._G = env
+  env.request = request
 
   -- Text chunks only, at most max_load bytes, and by default in this run's
   -- environment.
@@ -333,10 +382,6 @@ return function(request)
     end
     return f, err
   end
-
-  env.json = { encode = host.json_encode, decode = host.json_decode, null = host.json_null }
-  env.response = host.response
-  env.request = request
 
   return env, { __index = env.string }
 end
