@@ -558,6 +558,44 @@ async fn spinning_scripts_hold_no_event_loop_thread() {
 
 // --- Start-up ---------------------------------------------------------------------
 
+/// The nice value in a `/proc/…/stat` file.
+fn nice_in(stat: &Path) -> i64 {
+    let stat = std::fs::read_to_string(stat).unwrap();
+    // After "pid (comm) ", nice is the 17th field (proc(5): field 19).
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[16].parse().unwrap()
+}
+
+/// The nice values of this process's threads named `lua-…`.
+fn lua_worker_nice_values() -> Vec<i64> {
+    let mut values = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        match std::fs::read_to_string(task.join("comm")) {
+            Ok(comm) if comm.starts_with("lua-") => values.push(nice_in(&task.join("stat"))),
+            _ => {}
+        }
+    }
+    values
+}
+
+/// Spinning scripts cannot starve the HTTP routes: the workers yield the
+/// CPU to the rest of the process (the bench's hello-under-lua scenario
+/// measures the effect).
+#[tokio::test]
+async fn lua_workers_run_at_a_lower_priority_than_the_rest() {
+    let app = spawn_scripts(&[]).await;
+    let process = nice_in(Path::new("/proc/self/stat"));
+    let workers = lua_worker_nice_values();
+    assert!(workers.len() >= 2, "{workers:?}");
+    let expected = (process + 10).min(19);
+    assert!(
+        workers.iter().all(|&n| n == expected),
+        "{workers:?}, process at {process}"
+    );
+    assert_hello_still_answers(&app).await;
+}
+
 #[tokio::test]
 async fn a_script_that_does_not_compile_stops_start_up() {
     let (mut config, dir) = test_config();
