@@ -740,7 +740,8 @@ def start_spinners(ctx: Context, scenario: Scenario, port: int, seconds: int) ->
         str(WRK_DIR / "spin.lua"),
         f"http://127.0.0.1:{port}/lua/spin",
     ]
-    return spawn(argv, WRK_CPU, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base_env())
+    return spawn(argv, WRK_CPU, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                 env=base_env() | {"BENCH_LUA_DIR": str(WRK_DIR)})
 
 
 def finish_spinners(proc: subprocess.Popen, seconds: int) -> dict:

@@ -6,6 +6,9 @@
 -- Argument after `--`: NONCE (keeps emails unique across runs).
 -- At the end, one line `SOAK_JSON {...}` with the counts.
 
+package.path = os.getenv("BENCH_LUA_DIR") .. "/?.lua;" .. package.path
+require "report"
+
 local threads = {}
 function setup(thread)
   table.insert(threads, thread)
@@ -64,23 +67,5 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local counts = {}
-  for _, thread in ipairs(threads) do
-    local s = thread:get("statuses")
-    for status, count in pairs(s) do
-      counts[status] = (counts[status] or 0) + count
-    end
-  end
-  local parts = {}
-  for status, count in pairs(counts) do
-    table.insert(parts, string.format('"%d":%d', status, count))
-  end
-  local e = summary.errors
-  io.write(string.format(
-    'SOAK_JSON {"requests":%d,"duration_us":%d,"statuses":{%s},' ..
-    '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-    '"latency_us":{"p50":%d,"p99":%d,"max":%d}}\n',
-    summary.requests, summary.duration, table.concat(parts, ","),
-    e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max))
+  report_statuses("SOAK_JSON", threads, summary, latency)
 end
