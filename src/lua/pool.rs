@@ -238,7 +238,7 @@ impl Worker {
 /// 4.7 ms (2.0) at +19. 10, because a worker that gets less CPU also
 /// overshoots its wall-clock limit by more (the spinners got 19, 17 and 11
 /// answers a second).
-pub const WORKER_NICENESS: libc::c_int = 10;
+const WORKER_NICENESS: libc::c_int = 10;
 
 /// Raises the calling worker thread's nice value by [`WORKER_NICENESS`], to
 /// at most 19. On Linux each thread has its own, and raising it needs no

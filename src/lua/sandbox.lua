@@ -29,10 +29,6 @@ local SAFE_BASE = {
   "assert", "error", "getmetatable", "ipairs", "next", "pairs", "rawequal",
   "rawget", "rawlen", "rawset", "select", "tonumber", "tostring", "type",
 }
-local base = {}
-for _, name in ipairs(SAFE_BASE) do
-  base[name] = _G[name]
-end
 
 local LIBRARIES = {
   string = string,
@@ -274,7 +270,7 @@ end
 -- in place, and the host's. Never handed to a script: each run gets a copy.
 local template = {}
 for _, name in ipairs(SAFE_BASE) do
-  template[name] = base[name]
+  template[name] = _G[name]
 end
 for name, lib in pairs(LIBRARIES) do
   template[name] = copy(lib)
