@@ -34,21 +34,38 @@ pub async fn apply_migrations(options: &PgConnectOptions) -> Result<Vec<Applied>
 
 /// Recomputes the email keys made by an older [`model::email_key`], in
 /// creation order and in one transaction, keeping every account (see
-/// `migrate::note_twin`).
+/// `migrate::note_twin`). As SQLite's (`sqlite::admin::rekey`): batches walk
+/// the primary key, and rows whose key comes out the same only have their
+/// version bumped, one statement per batch.
 async fn rekey(conn: &mut PgConnection) -> Result<(), DbError> {
     let mut tx = conn.begin().await?;
     let mut rekeyed = 0u64;
+    let mut after: Option<uuid::Uuid> = None;
     loop {
-        let stale: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-            "SELECT id, email FROM users WHERE email_key_version < $1 ORDER BY id LIMIT 1000",
-        )
-        .bind(EMAIL_KEY_VERSION as i32)
-        .fetch_all(&mut *tx)
-        .await?;
-        if stale.is_empty() {
-            break;
-        }
-        for (id, email) in stale {
+        // Walks the primary key: each batch starts after the last one.
+        let batch = match after {
+            None => sqlx::query_as(
+                "SELECT id, email, email_key FROM users \
+                 WHERE email_key_version < $1 ORDER BY id LIMIT 1000",
+            )
+            .bind(EMAIL_KEY_VERSION as i32),
+            Some(id) => sqlx::query_as(
+                "SELECT id, email, email_key FROM users \
+                 WHERE email_key_version < $1 AND id > $2 ORDER BY id LIMIT 1000",
+            )
+            .bind(EMAIL_KEY_VERSION as i32)
+            .bind(id),
+        };
+        let stale: Vec<(uuid::Uuid, String, String)> = batch.fetch_all(&mut *tx).await?;
+        let Some(last) = stale.last() else { break };
+        after = Some(last.0);
+        let mut same = Vec::new();
+        for (id, email, old_key) in &stale {
+            let key = model::email_key(email);
+            if key == *old_key {
+                same.push(*id);
+                continue;
+            }
             let twin: i32 = sqlx::query_scalar(
                 "UPDATE users SET email_key = $2, email_key_version = $3, email_twin = \
                  CASE WHEN EXISTS (SELECT 1 FROM users \
@@ -59,13 +76,18 @@ async fn rekey(conn: &mut PgConnection) -> Result<(), DbError> {
                  WHERE id = $1 RETURNING email_twin",
             )
             .bind(id)
-            .bind(model::email_key(&email))
+            .bind(key)
             .bind(EMAIL_KEY_VERSION as i32)
             .fetch_one(&mut *tx)
             .await?;
-            migrate::note_twin(id, i64::from(twin));
-            rekeyed += 1;
+            migrate::note_twin(*id, i64::from(twin));
         }
+        sqlx::query("UPDATE users SET email_key_version = $1 WHERE id = ANY($2)")
+            .bind(EMAIL_KEY_VERSION as i32)
+            .bind(&same)
+            .execute(&mut *tx)
+            .await?;
+        rekeyed += stale.len() as u64;
     }
     tx.commit().await?;
     migrate::note_rekeyed(rekeyed);

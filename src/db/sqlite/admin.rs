@@ -26,19 +26,39 @@ pub async fn apply_migrations(pool: &SqlitePool) -> Result<Vec<Applied>, DbError
 
 /// Recomputes the email keys made by an older [`model::email_key`], in
 /// creation order, keeping every account (see `migrate::note_twin`).
+/// Batches walk the primary key (no re-scan of rows already done). A row
+/// whose key comes out the same (every ASCII email) only has its version
+/// bumped, one statement per batch: it holds `(key, 0)` already, which is
+/// what the per-row update would have given it. At 1M users: see
+/// bench/NOTES.md.
 async fn rekey(conn: &mut SqliteConnection) -> Result<(), DbError> {
     let mut rekeyed = 0u64;
+    let mut after: Option<uuid::Uuid> = None;
     loop {
-        let stale: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-            "SELECT id, email FROM users WHERE email_key_version < ?1 ORDER BY id LIMIT 1000",
-        )
-        .bind(EMAIL_KEY_VERSION)
-        .fetch_all(&mut *conn)
-        .await?;
-        if stale.is_empty() {
-            break;
-        }
-        for (id, email) in stale {
+        // Walks the primary key: each batch starts after the last one.
+        let batch = match after {
+            None => sqlx::query_as(
+                "SELECT id, email, email_key FROM users \
+                 WHERE email_key_version < ?1 ORDER BY id LIMIT 1000",
+            )
+            .bind(EMAIL_KEY_VERSION),
+            Some(id) => sqlx::query_as(
+                "SELECT id, email, email_key FROM users \
+                 WHERE email_key_version < ?1 AND id > ?2 ORDER BY id LIMIT 1000",
+            )
+            .bind(EMAIL_KEY_VERSION)
+            .bind(id),
+        };
+        let stale: Vec<(uuid::Uuid, String, String)> = batch.fetch_all(&mut *conn).await?;
+        let Some(last) = stale.last() else { break };
+        after = Some(last.0);
+        let mut same = Vec::new();
+        for (id, email, old_key) in &stale {
+            let key = model::email_key(email);
+            if key == *old_key {
+                same.push(*id);
+                continue;
+            }
             let twin: i64 = sqlx::query_scalar(
                 "UPDATE users SET email_key = ?2, email_key_version = ?3, email_twin = \
                  CASE WHEN EXISTS (SELECT 1 FROM users \
@@ -49,13 +69,23 @@ async fn rekey(conn: &mut SqliteConnection) -> Result<(), DbError> {
                  WHERE id = ?1 RETURNING email_twin",
             )
             .bind(id)
-            .bind(model::email_key(&email))
+            .bind(key)
             .bind(EMAIL_KEY_VERSION)
             .fetch_one(&mut *conn)
             .await?;
-            migrate::note_twin(id, twin);
-            rekeyed += 1;
+            migrate::note_twin(*id, twin);
         }
+        if !same.is_empty() {
+            let mut bump = sqlx::QueryBuilder::new("UPDATE users SET email_key_version = ");
+            bump.push_bind(EMAIL_KEY_VERSION).push(" WHERE id IN (");
+            let mut ids = bump.separated(", ");
+            for id in same {
+                ids.push_bind(id);
+            }
+            ids.push_unseparated(")");
+            bump.build().execute(&mut *conn).await?;
+        }
+        rekeyed += stale.len() as u64;
     }
     migrate::note_rekeyed(rekeyed);
     Ok(())
