@@ -53,8 +53,8 @@ COLUMNS = (
     "company_name, version, created_at, updated_at, email_key_version"
 )
 # skiff's own email-key version (src/db/model.rs, EMAIL_KEY_VERSION): rows
-# loaded with an older one are re-keyed by `skiff serve`'s migration step, one
-# UPDATE per row (3 minutes at 1M users), which would sit inside the runs.
+# loaded with an older one are re-keyed by `skiff serve`'s migration step
+# (16 s at 1M users), which would sit inside the runs.
 # The generated emails are ASCII, where the key (NFKC case folding) is lower().
 EMAIL_KEY_VERSION = 2
 
