@@ -120,6 +120,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
     let (requests, duration) = request_metrics(method, route, status);
     requests.increment(1);
     duration.record(elapsed.as_secs_f64());
+    telemetry::duration_recorded();
     let Some(mut entry) = logged else {
         return response;
     };
