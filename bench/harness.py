@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -684,7 +685,16 @@ def seed_users(ctx: Context, r: Running) -> Path:
     return path
 
 
-def wrk(ctx: Context, scenario: Scenario, port: int, seconds: int, ids: Path | None) -> dict:
+def wrk(
+    ctx: Context,
+    scenario: Scenario,
+    port: int,
+    seconds: int,
+    ids: Path | None,
+    during: Callable[[], object] | None = None,
+) -> dict:
+    """One wrk run; `during`, if given, is called at 90% of it (while the
+    load is on) and its value kept as the result's "during"."""
     if scenario.users:
         script, url = WRK_DIR / "users.lua", f"http://127.0.0.1:{port}"
         extra = ["--", scenario.users, str(ids or "/dev/null"), f"{os.getpid()}x{time.time_ns()}"]
@@ -712,8 +722,15 @@ def wrk(ctx: Context, scenario: Scenario, port: int, seconds: int, ids: Path | N
         text=True,
         env=base_env() | {"BENCH_LUA_DIR": str(WRK_DIR)},
     )
+    sample = None
     try:
-        out, err = proc.communicate(timeout=seconds + 60)
+        try:
+            out, err = proc.communicate(timeout=seconds * 0.9 if during else seconds + 60)
+        except subprocess.TimeoutExpired:
+            if not during:
+                raise
+            sample = during()
+            out, err = proc.communicate(timeout=seconds + 60)
     finally:
         stop(proc)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -722,6 +739,7 @@ def wrk(ctx: Context, scenario: Scenario, port: int, seconds: int, ids: Path | N
         raise BenchError(f"wrk failed ({proc.returncode}):\n{out[-1500:]}{err[-1500:]}")
     result = json.loads(line.removeprefix("BENCH_JSON "))
     result["wrk_cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    result["during"] = sample
     return result
 
 
@@ -786,11 +804,14 @@ def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) 
             time.sleep(SPIN_RAMP_S)
         pids = r.pids()
         cpu0, server_cpu = cpu_busy_seconds(SERVER_CPU), cpu_seconds(pids)
-        out = wrk(ctx, scenario, r.port, ctx.duration, ids)
+        # Private and file-backed memory while the load is on, and again
+        # once it has ended (connections closed: what the allocator keeps).
+        out = wrk(ctx, scenario, r.port, ctx.duration, ids, lambda: rss_parts_kib(r.pids()))
         pids = r.pids()
         cpu0, server_cpu = cpu_busy_seconds(SERVER_CPU) - cpu0, cpu_seconds(pids) - server_cpu
         rss = vm_hwm_kib(pids)
-        anon, file = rss_parts_kib(pids)
+        anon, file = out["during"] or rss_parts_kib(pids)
+        after_anon, _ = rss_parts_kib(pids)
         if spinners is not None:
             spun = finish_spinners(spinners, spin_s)
         if r.proc.poll() is not None:
@@ -821,6 +842,7 @@ def measured_run(ctx: Context, scenario: Scenario, server: Server, run_no: int) 
         "idle_file_kib": idle_file,
         "load_anon_kib": anon,
         "load_file_kib": file,
+        "after_anon_kib": after_anon,
         "duration_s": secs,
         "server_cpu_pct": 100 * server_cpu / secs,
         "wrk_cpu_pct": 100 * out["wrk_cpu_s"] / secs,
