@@ -1,6 +1,8 @@
 //! Log lines written off the request path, in batches: a request's thread
 //! only appends its line to a buffer; one thread writes the buffer to
-//! stdout every [`INTERVAL`], or at once when it holds [`EAGER`] bytes.
+//! stdout [`INTERVAL`] after its first line, or at once when it holds
+//! [`EAGER`] bytes. With nothing to write the thread sleeps until a line
+//! comes (an idle server does not wake ten times a second).
 //! A reader that stops reading (a full pipe) makes writers wait once the
 //! buffer holds [`MAX`] bytes: memory stays bounded and no line is dropped.
 //! [`BatchedWriter::flush`] writes out everything before the process exits.
@@ -26,6 +28,10 @@ const MAX: usize = 1024 * 1024;
 struct Buffer {
     bytes: Vec<u8>,
     stopping: bool,
+    /// The writer thread waits for a first line, with no deadline.
+    asleep: bool,
+    /// How many times the writer thread woke (for the tests).
+    wakeups: u64,
 }
 
 struct Shared {
@@ -56,6 +62,8 @@ impl BatchedWriter {
             buffer: Mutex::new(Buffer {
                 bytes: Vec::with_capacity(EAGER),
                 stopping: false,
+                asleep: false,
+                wakeups: 0,
             }),
             full: Condvar::new(),
             drained: Condvar::new(),
@@ -89,12 +97,20 @@ impl BatchedWriter {
     }
 }
 
-/// The writer thread: waits for a full buffer, the interval or a stop, then
-/// writes everything buffered in one call.
+/// The writer thread: waits for a first line, then for a full buffer, the
+/// interval or a stop, then writes everything buffered in one call.
 fn write_batches<W: Write>(shared: &Shared, mut sink: W) {
     let mut out = Vec::with_capacity(EAGER);
     loop {
         let mut buffer = shared.lock();
+        if buffer.bytes.is_empty() && !buffer.stopping {
+            buffer.asleep = true;
+            buffer = shared
+                .full
+                .wait_while(buffer, |b| b.asleep && !b.stopping)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        buffer.wakeups += 1;
         if buffer.bytes.len() < EAGER && !buffer.stopping {
             buffer = shared
                 .full
@@ -147,7 +163,9 @@ impl Write for LineWriter<'_> {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         buffer.bytes.extend_from_slice(data);
-        if buffer.bytes.len() >= EAGER {
+        if buffer.asleep || buffer.bytes.len() >= EAGER {
+            // The first line starts the interval; a full buffer ends it.
+            buffer.asleep = false;
             shared.full.notify_one();
         }
         Ok(data.len())
@@ -233,6 +251,30 @@ mod tests {
         }
         assert_eq!(&*sink.written.lock().unwrap(), b"alone\n");
         writer.flush();
+    }
+
+    #[test]
+    fn an_idle_writer_thread_sleeps_until_a_line_comes() {
+        let sink = Sink::default();
+        let writer = BatchedWriter::new(sink.clone()).unwrap();
+        // Three intervals with nothing to write: no wake-up (it was one per
+        // interval when the thread polled).
+        std::thread::sleep(INTERVAL * 3);
+        assert_eq!(writer.shared.lock().wakeups, 0, "asleep while idle");
+        line(&writer, "one\n");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sink.written.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the line is written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(INTERVAL * 3);
+        assert_eq!(
+            writer.shared.lock().wakeups,
+            1,
+            "one batch, then asleep again"
+        );
+        writer.flush();
+        assert_eq!(&*sink.written.lock().unwrap(), b"one\n");
     }
 
     #[test]
