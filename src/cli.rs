@@ -41,6 +41,8 @@ pub enum Command {
     /// Manage the database.
     #[cfg(feature = "users")]
     Db {
+        #[command(flatten)]
+        args: db::DatabaseArgs,
         #[command(subcommand)]
         command: db::DbCommand,
     },
@@ -81,7 +83,7 @@ pub fn run() -> ExitCode {
         #[cfg(feature = "users")]
         Command::Migrate(args) => Config::load(&args.flags),
         #[cfg(feature = "users")]
-        Command::Db { command } => Config::load(&command.args().flags),
+        Command::Db { args, .. } => Config::load(&args.flags),
         Command::Healthcheck(args) => Config::load(&args.flags),
     };
     let config = match loaded {

@@ -433,6 +433,9 @@ fn credentials(config: &Config, given: &Given) -> Result<Option<Credentials>, Co
 /// Which settings a command offers (and so reads).
 pub trait Offer {
     const SETTINGS: &'static [&'static str];
+    /// The flags also go after a subcommand (`skiff db --database-url U
+    /// status` and `skiff db status --database-url U`).
+    const GLOBAL: bool = false;
 }
 
 /// A command's setting flags as given (text, parsed by [`Config::load`]);
@@ -479,7 +482,11 @@ impl<O: Offer> clap::FromArgMatches for Flags<O> {
 
 impl<O: Offer> clap::Args for Flags<O> {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        cmd.args(O::SETTINGS.iter().map(|id| setting(id).arg()))
+        cmd.args(
+            O::SETTINGS
+                .iter()
+                .map(|id| setting(id).arg().global(O::GLOBAL)),
+        )
     }
 
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {

@@ -14,9 +14,10 @@ pub struct Database;
 
 impl Offer for Database {
     const SETTINGS: &'static [&'static str] = &["database_url", "log_filter", "log_format"];
+    const GLOBAL: bool = true;
 }
 
-/// The flags of `migrate` and of each `db` command.
+/// The flags of `migrate` and of `db` (before or after its command).
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     #[command(flatten)]
@@ -26,13 +27,13 @@ pub struct DatabaseArgs {
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
     /// Create the database (SQLite: the file; PostgreSQL: the database).
-    Create(DatabaseArgs),
+    Create,
     /// Drop the database (SQLite: the file and its WAL; PostgreSQL: the database).
-    Drop(DatabaseArgs),
+    Drop,
     /// Show applied and pending migrations.
-    Status(DatabaseArgs),
+    Status,
     /// Print the schema.
-    Schema(DatabaseArgs),
+    Schema,
 }
 
 /// Applies pending migrations and lists the ones this run applied.
@@ -65,19 +66,10 @@ impl DbCommand {
     /// The command as typed, for error messages.
     pub fn name(&self) -> &'static str {
         match self {
-            DbCommand::Create(_) => "db create",
-            DbCommand::Drop(_) => "db drop",
-            DbCommand::Status(_) => "db status",
-            DbCommand::Schema(_) => "db schema",
-        }
-    }
-
-    pub fn args(&self) -> &DatabaseArgs {
-        match self {
-            DbCommand::Create(args)
-            | DbCommand::Drop(args)
-            | DbCommand::Status(args)
-            | DbCommand::Schema(args) => args,
+            DbCommand::Create => "db create",
+            DbCommand::Drop => "db drop",
+            DbCommand::Status => "db status",
+            DbCommand::Schema => "db schema",
         }
     }
 }
@@ -85,18 +77,18 @@ impl DbCommand {
 pub async fn run(command: DbCommand, config: &Config) -> Result<String, DbError> {
     let url = &config.database_url;
     match command {
-        DbCommand::Create(_) => create(url).await.map(|created| {
+        DbCommand::Create => create(url).await.map(|created| {
             let state = if created { "created" } else { "already exists" };
             format!("{}: {state}\n", describe(url))
         }),
-        DbCommand::Drop(_) => drop(url).await.map(|dropped| {
+        DbCommand::Drop => drop(url).await.map(|dropped| {
             let state = if dropped { "dropped" } else { "does not exist" };
             format!("{}: {state}\n", describe(url))
         }),
-        DbCommand::Status(_) => status(url)
+        DbCommand::Status => status(url)
             .await
             .map(|rows| format!("{}\n{}", describe(url), status_table(&rows))),
-        DbCommand::Schema(_) => schema(url).await,
+        DbCommand::Schema => schema(url).await,
     }
 }
 

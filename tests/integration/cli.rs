@@ -97,7 +97,7 @@ fn each_command_offers_only_the_flags_it_uses() {
 
 #[cfg(feature = "users")]
 #[test]
-fn a_database_flag_works_after_the_db_command() {
+fn a_database_flag_works_before_and_after_the_db_command() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("flag.db").display());
     let out = skiff(dir.path())
@@ -107,6 +107,15 @@ fn a_database_flag_works_after_the_db_command() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(dir.path().join("flag.db").exists());
+    // Before the command, as with `git -C DIR status`.
+    let out = skiff(dir.path())
+        .env_remove("DATABASE_URL")
+        .args(["db", "--database-url", &url, "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("flag.db"), "the flag's database: {stdout}");
     // A setting migrate does not use cannot stop it.
     let out = skiff(dir.path())
         .env("SKIFF_LUA_MEMORY", "lots")
