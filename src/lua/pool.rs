@@ -84,15 +84,16 @@ impl Pool {
                 .map_err(|e| LoadError::Interpreter(format!("cannot spawn a Lua worker: {e}")))?;
         }
         drop(ready_tx);
-        for _ in 0..size.workers {
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(LoadError::Interpreter(
-                        "a Lua worker died while starting".into(),
-                    ));
-                }
+        // One worker's interpreter proves that the sandbox and the scripts
+        // build; the others finish theirs while start-up goes on (at their
+        // lower priority they leave the CPU to it), and log if they cannot.
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(LoadError::Interpreter(
+                    "a Lua worker died while starting".into(),
+                ));
             }
         }
         tracing::debug!(
@@ -159,7 +160,10 @@ impl Worker {
                 sandbox
             }
             Err(e) => {
-                let _ = ready.send(Err(e));
+                // Nobody waits any more once one worker has started.
+                if let Err(std::sync::mpsc::SendError(Err(e))) = ready.send(Err(e)) {
+                    tracing::error!(error = %e, "a Lua worker cannot start");
+                }
                 return;
             }
         };

@@ -586,13 +586,13 @@ fn lua_worker_nice_values() -> Vec<i64> {
 async fn lua_workers_run_at_a_lower_priority_than_the_rest() {
     let app = spawn_scripts(&[]).await;
     let process = nice_in(Path::new("/proc/self/stat"));
-    let workers = lua_worker_nice_values();
-    assert!(workers.len() >= 2, "{workers:?}");
     let expected = (process + 10).min(19);
-    assert!(
-        workers.iter().all(|&n| n == expected),
-        "{workers:?}, process at {process}"
-    );
+    // Start-up waits for one worker only; the others lower theirs as they start.
+    crate::support::eventually("every Lua worker runs at +10", || async {
+        let workers = lua_worker_nice_values();
+        workers.len() >= 2 && workers.iter().all(|&n| n == expected)
+    })
+    .await;
     assert_hello_still_answers(&app).await;
 }
 
