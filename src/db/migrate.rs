@@ -70,6 +70,27 @@ pub async fn apply_pending<C: Migrate>(
     Ok(done)
 }
 
+/// Splits a batch of rows keyed by an older [`crate::db::model::email_key`]
+/// (id, email, old key) for a back end's `rekey`: the ids whose key comes
+/// out the same (every ASCII email), which only need the new version (each
+/// holds `(key, 0)` already, what the per-row update would give it), and
+/// the rows whose key changes, with their new key.
+pub fn rekey_batch(
+    stale: &[(uuid::Uuid, String, String)],
+) -> (Vec<uuid::Uuid>, Vec<(uuid::Uuid, String)>) {
+    let mut same = Vec::new();
+    let mut changed = Vec::new();
+    for (id, email, old_key) in stale {
+        let key = crate::db::model::email_key(email);
+        if key == *old_key {
+            same.push(*id);
+        } else {
+            changed.push((*id, key));
+        }
+    }
+    (same, changed)
+}
+
 /// Logs one row re-keyed by a back end's `rekey`: a twin (`twin > 0`) is
 /// an account whose email now has the key of an older account's. Both are
 /// kept as they are; the warning tells an operator to look at them.
@@ -167,6 +188,26 @@ pub fn status(migrator: &Migrator, rows: &[AppliedRow]) -> Vec<MigrationStatus> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rekey_batch_marks_unchanged_keys_and_recomputes_the_rest() {
+        let (a, b, c) = (
+            uuid::Uuid::now_v7(),
+            uuid::Uuid::now_v7(),
+            uuid::Uuid::now_v7(),
+        );
+        let row = |id, email: &str| (id, email.to_string(), email.to_lowercase());
+        let (same, changed) = rekey_batch(&[
+            row(a, "Ada@X.org"),
+            row(b, "STRAßE@x.de"),
+            row(c, "ﬁ@x.org"),
+        ]);
+        assert_eq!(same, [a]);
+        assert_eq!(
+            changed,
+            [(b, "strasse@x.de".to_string()), (c, "fi@x.org".to_string())]
+        );
+    }
 
     #[test]
     fn both_back_ends_ship_the_same_migrations() {

@@ -9,7 +9,7 @@ use sqlx::{Connection, Row};
 
 use crate::db::DbError;
 use crate::db::migrate::{self, Applied, AppliedRow, MigrationStatus};
-use crate::db::model::{self, EMAIL_KEY_VERSION};
+use crate::db::model::EMAIL_KEY_VERSION;
 
 /// Applies pending migrations on a connection of its own, under sqlx's
 /// session advisory lock: concurrent migrators (replicas starting together,
@@ -32,7 +32,7 @@ pub async fn apply_migrations(options: &PgConnectOptions) -> Result<Vec<Applied>
     Ok(applied?)
 }
 
-/// Recomputes the email keys made by an older [`model::email_key`], in
+/// Recomputes the email keys made by an older [`crate::db::model::email_key`], in
 /// creation order and in one transaction, keeping every account (see
 /// `migrate::note_twin`). As SQLite's (`sqlite::admin::rekey`): batches walk
 /// the primary key, and rows whose key comes out the same only have their
@@ -59,13 +59,8 @@ async fn rekey(conn: &mut PgConnection) -> Result<(), DbError> {
         let stale: Vec<(uuid::Uuid, String, String)> = batch.fetch_all(&mut *tx).await?;
         let Some(last) = stale.last() else { break };
         after = Some(last.0);
-        let mut same = Vec::new();
-        for (id, email, old_key) in &stale {
-            let key = model::email_key(email);
-            if key == *old_key {
-                same.push(*id);
-                continue;
-            }
+        let (same, changed) = migrate::rekey_batch(&stale);
+        for (id, key) in changed {
             let twin: i32 = sqlx::query_scalar(
                 "UPDATE users SET email_key = $2, email_key_version = $3, email_twin = \
                  CASE WHEN EXISTS (SELECT 1 FROM users \
@@ -80,13 +75,15 @@ async fn rekey(conn: &mut PgConnection) -> Result<(), DbError> {
             .bind(EMAIL_KEY_VERSION as i32)
             .fetch_one(&mut *tx)
             .await?;
-            migrate::note_twin(*id, i64::from(twin));
+            migrate::note_twin(id, i64::from(twin));
         }
-        sqlx::query("UPDATE users SET email_key_version = $1 WHERE id = ANY($2)")
-            .bind(EMAIL_KEY_VERSION as i32)
-            .bind(&same)
-            .execute(&mut *tx)
-            .await?;
+        if !same.is_empty() {
+            sqlx::query("UPDATE users SET email_key_version = $1 WHERE id = ANY($2)")
+                .bind(EMAIL_KEY_VERSION as i32)
+                .bind(&same)
+                .execute(&mut *tx)
+                .await?;
+        }
         rekeyed += stale.len() as u64;
     }
     tx.commit().await?;
