@@ -9,7 +9,7 @@ use sqlx::{Connection, Row};
 
 use crate::db::DbError;
 use crate::db::migrate::{self, Applied, AppliedRow, MigrationStatus};
-use crate::db::model::EMAIL_KEY_VERSION;
+use crate::db::model::{EMAIL_KEY_VERSION, UserId};
 
 /// Applies pending migrations on a connection of its own, under sqlx's
 /// session advisory lock: concurrent migrators (replicas starting together,
@@ -40,25 +40,20 @@ pub async fn apply_migrations(options: &PgConnectOptions) -> Result<Vec<Applied>
 async fn rekey(conn: &mut PgConnection) -> Result<(), DbError> {
     let mut tx = conn.begin().await?;
     let mut rekeyed = 0u64;
-    let mut after: Option<uuid::Uuid> = None;
+    // Walks the primary key, as list pages do: each batch starts after the
+    // last one, the first after `UserId::MIN`.
+    let mut after = UserId::MIN.as_uuid();
     loop {
-        // Walks the primary key: each batch starts after the last one.
-        let batch = match after {
-            None => sqlx::query_as(
-                "SELECT id, email, email_key FROM users \
-                 WHERE email_key_version < $1 ORDER BY id LIMIT 1000",
-            )
-            .bind(EMAIL_KEY_VERSION as i32),
-            Some(id) => sqlx::query_as(
-                "SELECT id, email, email_key FROM users \
-                 WHERE email_key_version < $1 AND id > $2 ORDER BY id LIMIT 1000",
-            )
-            .bind(EMAIL_KEY_VERSION as i32)
-            .bind(id),
-        };
-        let stale: Vec<(uuid::Uuid, String, String)> = batch.fetch_all(&mut *tx).await?;
+        let stale: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
+            "SELECT id, email, email_key FROM users \
+             WHERE email_key_version < $1 AND id > $2 ORDER BY id LIMIT 1000",
+        )
+        .bind(EMAIL_KEY_VERSION as i32)
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?;
         let Some(last) = stale.last() else { break };
-        after = Some(last.0);
+        after = last.0;
         let (same, changed) = migrate::rekey_batch(&stale);
         for (id, key) in changed {
             let twin: i32 = sqlx::query_scalar(

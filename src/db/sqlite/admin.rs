@@ -9,7 +9,7 @@ use sqlx::{Connection, Row};
 use super::lock::{self, ServeLock};
 use super::{in_memory, open_error, open_pool, options};
 use crate::db::migrate::{self, Applied, AppliedRow, MigrationStatus};
-use crate::db::model::EMAIL_KEY_VERSION;
+use crate::db::model::{EMAIL_KEY_VERSION, UserId};
 use crate::db::{ACQUIRE_TIMEOUT, DbError};
 
 /// Applies pending migrations. `BEGIN IMMEDIATE` takes SQLite's write lock
@@ -31,25 +31,20 @@ pub async fn apply_migrations(pool: &SqlitePool) -> Result<Vec<Applied>, DbError
 /// at 1M users (bench/NOTES.md).
 async fn rekey(conn: &mut SqliteConnection) -> Result<(), DbError> {
     let mut rekeyed = 0u64;
-    let mut after: Option<uuid::Uuid> = None;
+    // Walks the primary key, as list pages do: each batch starts after the
+    // last one, the first after `UserId::MIN`.
+    let mut after = UserId::MIN.as_uuid();
     loop {
-        // Walks the primary key: each batch starts after the last one.
-        let batch = match after {
-            None => sqlx::query_as(
-                "SELECT id, email, email_key FROM users \
-                 WHERE email_key_version < ?1 ORDER BY id LIMIT 1000",
-            )
-            .bind(EMAIL_KEY_VERSION),
-            Some(id) => sqlx::query_as(
-                "SELECT id, email, email_key FROM users \
-                 WHERE email_key_version < ?1 AND id > ?2 ORDER BY id LIMIT 1000",
-            )
-            .bind(EMAIL_KEY_VERSION)
-            .bind(id),
-        };
-        let stale: Vec<(uuid::Uuid, String, String)> = batch.fetch_all(&mut *conn).await?;
+        let stale: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
+            "SELECT id, email, email_key FROM users \
+             WHERE email_key_version < ?1 AND id > ?2 ORDER BY id LIMIT 1000",
+        )
+        .bind(EMAIL_KEY_VERSION)
+        .bind(after)
+        .fetch_all(&mut *conn)
+        .await?;
         let Some(last) = stale.last() else { break };
-        after = Some(last.0);
+        after = last.0;
         let (same, changed) = migrate::rekey_batch(&stale);
         for (id, key) in changed {
             let twin: i64 = sqlx::query_scalar(
