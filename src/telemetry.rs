@@ -101,7 +101,7 @@ pub fn duration_recorded() {
     thread_local! {
         static RECORDED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     }
-    let n = RECORDED.get().wrapping_add(1) % DRAIN_AFTER;
+    let n = (RECORDED.get() + 1) % DRAIN_AFTER;
     RECORDED.set(n);
     if n == 0
         && let Some(upkeep) = UPKEEP.get()
